@@ -1,0 +1,181 @@
+"""
+The dispatcher as one Twisted service: settings in, broker, scheduler and
+VSS client wired together, and an orderly stop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from . import __version__
+from .config import ConfigurationError, Settings, load_settings
+from .logs import bridge_pika_logging, install_on_application, make_observer
+from .scheduler import Delivery, Interrupted, Scheduler
+from .vss import DisplayAPI, DisplayBackend, RetryingDisplay
+
+__all__ = ["DispatcherService", "make_service"]
+
+
+def _http_client(clock: Any, timeout: float) -> tuple[Any, Any]:
+    """
+    A treq client that keeps connections to VSS open between requests and
+    verifies TLS host names (through service-identity).
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+        # One "starting factory" line per connection to VSS is noise.
+        noisy = False
+
+    pool = HTTPConnectionPool(clock, persistent=True)
+    pool._factory = QuietFactory
+    pool.maxPersistentPerHost = 2
+    # Requests are retried by the dispatcher, which knows when a retry is
+    # still wanted; the pool must not repeat a display on its own.
+    pool.retryAutomatically = False
+    agent = Agent(clock, connectTimeout=timeout, pool=pool)
+    return HTTPClient(agent), pool
+
+
+class DispatcherService(MultiService):
+    """
+    Consumes both queues and shows their jobs through VSS.
+
+    @ivar settings: The settings it runs with.
+    @ivar scheduler: Decides what is on screen.
+    @ivar display: Talks to VSS, with retries.
+    @ivar broker: The RabbitMQ connection.
+    @ivar started: When it started (seconds since the epoch), or C{None}.
+    @ivar version: The dispatcher's version.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Any,
+        backend: Optional[DisplayBackend] = None,
+        log_observer: Optional[ILogObserver] = None,
+    ) -> None:
+        """
+        @param settings: The settings.
+        @param clock: The reactor.
+        @param backend: How to reach VSS; built from the settings when not
+            given.
+        @param log_observer: Where twistd should send the log, when this
+            service becomes the root of a twistd application.
+        """
+        super().__init__()
+        self.settings = settings
+        self.clock = clock
+        self.version = __version__
+        self.started: Optional[float] = None
+        self._log_observer = log_observer
+        self._pool: Any = None
+
+        if backend is None:
+            backend = self._make_backend()
+        self.display = RetryingDisplay(
+            backend,
+            clock,
+            retry_delay=settings.vss_retry_delay,
+            retry_count=settings.vss_retry_count,
+        )
+        self.scheduler = Scheduler(
+            clock,
+            self.display.show,
+            settle=self._settle,
+            reject=self._reject,
+            interrupted=Interrupted(settings.interrupted_jobs),
+            ack_after=settings.ack_after,
+        )
+        from .amqp import Broker
+
+        self.broker = Broker(
+            settings,
+            deliver=self.scheduler.enqueue,
+            lost=self.scheduler.forget_unsettled,
+            clock=clock,
+        )
+        self.broker.setServiceParent(self)
+
+    def _make_backend(self) -> DisplayBackend:
+        settings = self.settings
+        client, self._pool = _http_client(self.clock, settings.vss_timeout)
+        if settings.vss_mode == "visionect":
+            from .visionect import make_visionect_backend
+
+            return make_visionect_backend(settings, client, self.clock, self.clock)
+        return DisplayAPI(client, settings.vss_base_url, settings.vss_timeout, self.clock)
+
+    def _settle(self, delivery: Delivery) -> None:
+        self.broker.settle(delivery)
+
+    def _reject(self, delivery: Delivery, reason: str) -> None:
+        self.broker.reject(delivery, reason)
+
+    def setServiceParent(self, parent: Any) -> Any:
+        # Under twistd the parent is the application, which tells twistd
+        # where to log.
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            install_on_application(parent, self._log_observer)
+        return super().setServiceParent(IServiceCollection(parent, parent))
+
+    def startService(self) -> None:
+        self.started = time.time()
+        settings = self.settings
+        self.log.info(
+            "vss-dispatcher {version} starting: queues {normal} and {priority} on"
+            " {host}:{port}, VSS at {vss} ({mode} mode), interrupted jobs: {interrupted}",
+            version=self.version,
+            normal=settings.rabbitmq_normal_queue,
+            priority=settings.rabbitmq_priority_queue,
+            host=settings.rabbitmq_host,
+            port=settings.rabbitmq_port,
+            vss=settings.vss_base_url,
+            mode=settings.vss_mode,
+            interrupted=settings.interrupted_jobs,
+        )
+        super().startService()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """
+        Stop consuming, abandon the display under way without acknowledging
+        it, close AMQP, then close the connections to VSS.
+        """
+        self.log.info("Stopping: unfinished jobs stay on their queues")
+        yield self.broker.stop_consuming()
+        self.scheduler.stop()
+        yield super().stopService()
+        if self._pool is not None:
+            yield self._pool.closeCachedConnections()
+        self.log.info("Stopped")
+
+
+def make_service(options: Any, environ: Optional[dict[str, str]] = None) -> DispatcherService:
+    """
+    Build the dispatcher from twistd's options and the environment.  A bad
+    setting ends the program with one sentence and a non-zero exit status.
+    """
+    from twisted.internet import reactor
+
+    try:
+        settings = load_settings(
+            os.environ if environ is None else environ, options.overrides()
+        )
+    except ConfigurationError as error:
+        raise SystemExit(f"vss-dispatcher cannot start: {error}") from None
+
+    bridge_pika_logging(settings.log_level)
+    observer = make_observer(settings.log_level, settings.log_format)
+    return DispatcherService(settings, reactor, log_observer=observer)

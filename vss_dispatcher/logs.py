@@ -1,0 +1,106 @@
+"""
+Where the dispatcher's log goes: standard output, as readable text or as
+JSON lines, filtered by LOG_LEVEL, with pika's standard-library logging
+carried into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+__all__ = ["PikaLogBridge", "bridge_pika_logging", "make_observer"]
+
+_LEVELS = {
+    "DEBUG": LogLevel.debug,
+    "INFO": LogLevel.info,
+    "WARN": LogLevel.warn,
+    "ERROR": LogLevel.error,
+    "CRITICAL": LogLevel.critical,
+}
+
+
+def make_observer(
+    level: str = "INFO", log_format: str = "text", stream: IO[str] | None = None
+) -> ILogObserver:
+    """
+    Build the observer that writes the log.
+
+    @param level: The lowest level written, as in LOG_LEVEL.
+    @param log_format: C{"text"} for people, C{"json"} for one JSON object a
+        line.
+    @param stream: Where to write; standard output by default.
+    """
+    stream = stream if stream is not None else sys.stdout
+    if log_format == "json":
+        writer = jsonFileLogObserver(stream, recordSeparator="")
+    else:
+        writer = textFileLogObserver(stream)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+    return FilteringLogObserver(writer, [predicate])
+
+
+class PikaLogBridge(logging.Handler):
+    """
+    Hands pika's log records to twisted.logger, so that under twistd they
+    end up in the same place as everything else.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loggers: dict[str, Logger] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = self._loggers.get(record.name)
+        if logger is None:
+            logger = self._loggers[record.name] = Logger(namespace=record.name)
+        if record.levelno >= logging.CRITICAL:
+            level = LogLevel.critical
+        elif record.levelno >= logging.ERROR:
+            level = LogLevel.error
+        elif record.levelno >= logging.WARNING:
+            level = LogLevel.warn
+        elif record.levelno >= logging.INFO:
+            level = LogLevel.info
+        else:
+            level = LogLevel.debug
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken format string in a library must not crash us
+            text = str(record.msg)
+        logger.emit(level, "{pika_message}", pika_message=text)
+
+
+def bridge_pika_logging(level: str = "INFO") -> PikaLogBridge:
+    """
+    Send pika's logging into twisted.logger.  pika is chatty at INFO, so it
+    only speaks up from WARN unless LOG_LEVEL is DEBUG.
+    """
+    pika_logger = logging.getLogger("pika")
+    for handler in list(pika_logger.handlers):
+        if isinstance(handler, PikaLogBridge):
+            pika_logger.removeHandler(handler)
+    bridge = PikaLogBridge()
+    pika_logger.addHandler(bridge)
+    pika_logger.propagate = False
+    pika_logger.setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+    return bridge
+
+
+def install_on_application(application: Any, observer: ILogObserver) -> None:
+    """
+    Ask twistd to log through C{observer}: twistd starts logging after the
+    application is built and uses the observer the application carries.
+    """
+    application.setComponent(ILogObserver, observer)
