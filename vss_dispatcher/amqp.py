@@ -158,7 +158,11 @@ class Broker(Service):
                 settings.rabbitmq_username, settings.rabbitmq_password
             ),
             heartbeat=settings.rabbitmq_heartbeat,
-            client_properties={"connection_name": "vss-dispatcher"},
+            # Named after its queue, so an operator can tell dispatchers
+            # apart in the management UI.
+            client_properties={
+                "connection_name": f"vss-dispatcher {settings.rabbitmq_normal_queue}"
+            },
         )
         endpoint = HostnameEndpoint(
             clock, settings.rabbitmq_host, settings.rabbitmq_port, timeout=10

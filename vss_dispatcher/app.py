@@ -161,6 +161,12 @@ class DispatcherService(MultiService):
             yield self._pool.closeCachedConnections()
         self.log.info("Stopped")
 
+        # twistd ends a process stopped by a signal by sending itself that
+        # signal again, so it would not exit with status 0.  This stop was
+        # orderly and complete, which service managers should see as success.
+        if getattr(self.clock, "_exitSignal", None) is not None:
+            self.clock._exitSignal = None
+
 
 def make_service(options: Any, environ: Optional[dict[str, str]] = None) -> DispatcherService:
     """
