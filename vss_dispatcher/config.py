@@ -307,21 +307,23 @@ SETTINGS: tuple[Setting, ...] = (
         "2560",
         "a whole number of pixels of at least 1",
         _whole(1),
-        "Width of the displays in pixels (visionect mode).",
+        "Width of the image sent to the displays, the panel's native size, in"
+        " pixels (visionect mode).",
     ),
     Setting(
         "DISPLAY_HEIGHT",
         "1440",
         "a whole number of pixels of at least 1",
         _whole(1),
-        "Height of the displays in pixels (visionect mode).",
+        "Height of the image sent to the displays, the panel's native size, in"
+        " pixels (visionect mode).",
     ),
     Setting(
         "DISPLAY_ROTATE",
         "0",
         "0, 90, 180 or 270",
         _rotation,
-        "Degrees to rotate images before sending them (visionect mode).",
+        "Degrees to turn images clockwise before sending them (visionect mode).",
     ),
     Setting(
         "IMAGE_ROOT",
