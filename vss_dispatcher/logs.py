@@ -6,19 +6,23 @@ carried into it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    jsonFileLogObserver,
+    formatEvent,
     textFileLogObserver,
 )
+from zope.interface import implementer
 
 __all__ = ["PikaLogBridge", "bridge_pika_logging", "make_observer"]
 
@@ -43,12 +47,48 @@ def make_observer(
     @param stream: Where to write; standard output by default.
     """
     stream = stream if stream is not None else sys.stdout
+    writer: ILogObserver
     if log_format == "json":
-        writer = jsonFileLogObserver(stream, recordSeparator="")
+        writer = JSONLinesObserver(stream)
     else:
         writer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(writer, [predicate])
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """
+    Writes each event as one flat JSON object on a line: C{time},
+    C{level}, C{namespace}, C{message} (the formatted text), the event's own
+    named fields when they are plain values, and C{traceback} for failures.
+    Log collectors can read it without knowing Twisted's event format.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        level = event.get("log_level")
+        record: dict[str, Any] = {
+            "time": time.strftime(
+                "%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time()))
+            )
+            + "Z",
+            "level": level.name if level is not None else "info",
+            "namespace": event.get("log_namespace", ""),
+            "message": formatEvent(event),
+        }
+        for key, value in event.items():
+            if key.startswith("log_") or key in record:
+                continue
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                record[key] = value
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        self._stream.write(json.dumps(record) + "\n")
+        self._stream.flush()
 
 
 class PikaLogBridge(logging.Handler):

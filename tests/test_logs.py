@@ -1,0 +1,95 @@
+"""
+Tests for where the log goes: level filtering, JSON lines, and pika's
+logging carried into twisted.logger.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from twisted.logger import LogLevel, LogPublisher, Logger, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from vss_dispatcher.logs import bridge_pika_logging, make_observer
+
+
+class ObserverTests(SynchronousTestCase):
+    """
+    The observer built from LOG_LEVEL and LOG_FORMAT.
+    """
+
+    def publish(self, observer: object) -> Logger:
+        publisher = LogPublisher(observer)  # type: ignore[arg-type]
+        return Logger(namespace="vss.test", observer=publisher)
+
+    def test_events_below_the_level_are_dropped(self) -> None:
+        """
+        With LOG_LEVEL=WARN, info events are not written and warnings are.
+        """
+        stream = io.StringIO()
+        log = self.publish(make_observer("WARN", "text", stream))
+        log.info("quiet {what}", what="info")
+        log.warn("loud {what}", what="warning")
+        self.assertNotIn("quiet", stream.getvalue())
+        self.assertIn("loud warning", stream.getvalue())
+
+    def test_json_format_writes_one_flat_object_per_line(self) -> None:
+        """
+        With LOG_FORMAT=json each event is one JSON object carrying the
+        formatted message, the level and the named fields.
+        """
+        stream = io.StringIO()
+        log = self.publish(make_observer("INFO", "json", stream))
+        log.info("Showing {image} for {seconds} s", image="a.png", seconds=5)
+        log.warn("second")
+        lines = stream.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        first = json.loads(lines[0])
+        self.assertEqual(first["message"], "Showing a.png for 5 s")
+        self.assertEqual(first["level"], "info")
+        self.assertEqual(first["image"], "a.png")
+        self.assertEqual(first["seconds"], 5)
+        self.assertEqual(first["namespace"], "vss.test")
+        self.assertTrue(first["time"].endswith("Z"))
+
+    def test_json_format_includes_tracebacks(self) -> None:
+        """
+        A logged failure carries its traceback in the JSON record.
+        """
+        stream = io.StringIO()
+        log = self.publish(make_observer("INFO", "json", stream))
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.failure("it broke", Failure())
+        record = json.loads(stream.getvalue())
+        self.assertEqual(record["level"], "critical")
+        self.assertIn("ZeroDivisionError", record["traceback"])
+
+
+class PikaBridgeTests(SynchronousTestCase):
+    """
+    pika's standard-library logging reaches twisted.logger.
+    """
+
+    def test_pika_warnings_become_twisted_log_events(self) -> None:
+        """
+        A warning pika logs is published to twisted.logger at warn level
+        with its text, and pika's info records are held back.
+        """
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        bridge = bridge_pika_logging("INFO")
+        self.addCleanup(logging.getLogger("pika").removeHandler, bridge)
+
+        logging.getLogger("pika.connection").warning("socket %s closed", "x")
+        logging.getLogger("pika.connection").info("chatter")
+
+        mine = [e for e in events if e.get("log_namespace") == "pika.connection"]
+        self.assertEqual(len(mine), 1)
+        self.assertEqual(mine[0]["pika_message"], "socket x closed")
+        self.assertEqual(mine[0]["log_level"], LogLevel.warn)
