@@ -172,10 +172,14 @@ class OrderTests(DispatcherTestCase):
         yield wait_for(lambda: dispatcher.scheduler.state == "showing")
 
         self.client.publish(
-            self.priority, {"image_path": "alert.png", "duration": 0, "message_id": "a1"}
+            self.priority,
+            {"image_path": "alert.png", "duration": 0, "message_id": "a1"},
         )
         second = yield self.vss.request_number(2)
-        self.assertEqual((second.image_path, second.priority, second.message_id), ("alert.png", True, "a1"))
+        self.assertEqual(
+            (second.image_path, second.priority, second.message_id),
+            ("alert.png", True, "a1"),
+        )
         yield wait_for(lambda: dispatcher.scheduler.state == "idle")
         yield dispatcher.stopService()
         self.assertEqual(self.client.count(self.normal), 0)
@@ -249,7 +253,9 @@ class DeadLetterTests(DispatcherTestCase):
         method, properties, body = self.client.get(self.dead)
         self.assertIn("VSS answered 422", properties.headers["x-vss-reason"])
         self.assertIn(b"odd.png", body)
-        self.assertEqual([r.image_path for r in self.vss.requests], ["odd.png", "fine.png"])
+        self.assertEqual(
+            [r.image_path for r in self.vss.requests], ["odd.png", "fine.png"]
+        )
         self.assertEqual(self.client.count(self.normal), 0)
 
 
@@ -359,7 +365,11 @@ class _Process(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode if reason.value.exitCode is not None else -reason.value.signal)
+        self.ended.callback(
+            reason.value.exitCode
+            if reason.value.exitCode is not None
+            else -reason.value.signal
+        )
 
 
 class ProcessTests(DispatcherTestCase):

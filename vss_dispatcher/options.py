@@ -88,7 +88,7 @@ def _number(
     option: str,
     kind: type[int] | type[float],
     minimum: float,
-    maximum: Optional[float],
+    maximum: float | None,
 ) -> float:
     if kind is float:
         expected = f"a number of seconds of at least {minimum:g}"

@@ -96,7 +96,9 @@ def classify_status(status: int, excerpt: str) -> Optional[Exception]:
     """
     if 200 <= status < 300:
         return None
-    described = f"VSS answered {status}: {excerpt}" if excerpt else f"VSS answered {status}"
+    described = (
+        f"VSS answered {status}: {excerpt}" if excerpt else f"VSS answered {status}"
+    )
     if status in (400, 413, 415, 422):
         return JobRejected(described)
     if status in (408, 429) or 500 <= status < 600:
@@ -172,9 +174,14 @@ def with_timeout(
     result cancels the request.
     """
     timed_out = []
+    cancelled = []
 
     def expire() -> None:
         timed_out.append(True)
+        request.cancel()
+
+    def cancel(result: Deferred[None]) -> None:
+        cancelled.append(True)
         request.cancel()
 
     timer = clock.callLater(timeout, expire)
@@ -189,14 +196,18 @@ def with_timeout(
             return failure
         if timed_out:
             raise TransientFailure(f"VSS did not answer within {timeout:g} s")
-        if failure.check(CancelledError):
-            return failure
+        # The agent reports a cancelled request as a failed one; the caller
+        # who cancelled must see a cancellation, not an unreachable VSS.
+        if cancelled or failure.check(CancelledError):
+            raise CancelledError()
         raise TransientFailure(f"cannot reach VSS: {failure.getErrorMessage()}")
 
     request.addCallback(then)
     request.addBoth(stop_timer)
     request.addErrback(translate)
-    return request
+    result: Deferred[None] = Deferred(cancel)
+    request.chainDeferred(result)
+    return result
 
 
 class RetryingDisplay:
@@ -278,7 +289,9 @@ class RetryingDisplay:
         self.last_error = reason
         delay = self.delay_after(self.failures)
         for observer in self.observers:
-            observer.vss_answered(seconds, "configuration" if configuration else "transient")
+            observer.vss_answered(
+                seconds, "configuration" if configuration else "transient"
+            )
             observer.vss_retrying(self.failures, delay, reason)
 
         now = self._clock.seconds()
@@ -345,9 +358,7 @@ class _Attempts:
         started = time.perf_counter()
         # A backend that raises instead of failing its Deferred is treated
         # like any other failed attempt, so the retries go on.
-        request = maybeDeferred(
-            self._owner._backend.attempt, self._job, self._priority
-        )
+        request = maybeDeferred(self._owner._backend.attempt, self._job, self._priority)
         self._request = request
         request.addCallbacks(
             lambda _: self._answered(started),
@@ -373,8 +384,12 @@ class _Attempts:
         if not failure.check(TransientFailure, ConfigurationFault):
             # A bug in a backend must not stop the display for good.
             self._owner.log.failure(
-                "Unexpected error while sending {image}", failure, image=self._job.image_path
+                "Unexpected error while sending {image}",
+                failure,
+                image=self._job.image_path,
             )
-            failure = Failure(TransientFailure(f"unexpected error: {failure.getErrorMessage()}"))
+            failure = Failure(
+                TransientFailure(f"unexpected error: {failure.getErrorMessage()}")
+            )
         delay = self._owner._failed(self._job, seconds, failure)
         self._wait = self._owner._clock.callLater(delay, self._attempt)
