@@ -334,6 +334,30 @@ class OutageTests(DispatcherTestCase):
         self.assertEqual(self.client.count(self.priority), 0)
 
     @inlineCallbacks
+    def test_refused_login_is_retried_with_the_brokers_reason(self) -> Any:
+        """
+        A login the broker refuses is retried with backoff, the log gives
+        the broker's reason, and nothing unhandled is left behind.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        dispatcher = DispatcherService(
+            self.settings(rabbitmq_password="wrong", rabbitmq_heartbeat=0), reactor
+        )
+        dispatcher.startService()
+        self.addCleanup(self.stop, dispatcher)
+        yield wait_for(lambda: dispatcher.broker._client.failures >= 2)
+
+        reasons = [e.get("reason", "") for e in events if "reason" in e]
+        self.assertTrue(any("ACCESS_REFUSED" in str(r) for r in reasons), reasons)
+        self.assertEqual(dispatcher.broker.state, "connecting")
+        yield dispatcher.stopService()
+        self.assertEqual(dispatcher.broker.state, "stopped")
+
+    @inlineCallbacks
     def test_deleted_queue_is_declared_again(self) -> Any:
         """
         When a consumed queue is deleted, the broker cancels the consumer;

@@ -3,7 +3,7 @@ The RabbitMQ side: one connection, kept open for as long as the dispatcher
 runs, that consumes both queues, acknowledges finished jobs and sets bad
 messages aside on the dead-letter queue.
 
-Reconnection is Twisted's L{ClientService} with a capped, jittered backoff.
+Reconnection uses a capped, jittered backoff (Twisted's C{backoffPolicy}).
 A connection counts as established only once AMQP is open, the queues are
 declared and both consumers are registered, so the backoff is reset only
 then.  A channel closed by the broker or a consumer cancelled by it is
@@ -24,7 +24,7 @@ from pika.adapters.twisted_connection import (
     TwistedChannel,
     TwistedProtocolConnection,
 )
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import HostnameEndpoint
@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from .config import Settings
 from .message import InvalidMessage, parse_job
+from .reconnect import ReconnectingClient
 from .scheduler import Delivery
 
 __all__ = ["Broker", "BrokerObserver", "MessageSource"]
@@ -100,6 +101,14 @@ class _Connection(TwistedProtocolConnection):  # type: ignore[misc]
     def __init__(self, parameters: pika.ConnectionParameters, owner: "Broker") -> None:
         super().__init__(parameters, custom_reactor=owner.clock)
         self._owner = owner
+        self.refusal: Optional[str] = None
+        # pika reports only "connection failed" to whoever waits for the
+        # connection; keep the broker's own reason (a refused login, an
+        # unknown virtual host) so the log can say it.
+        self._impl.callbacks.add(0, pika.spec.Connection.Close, self._remember_close)
+
+    def _remember_close(self, frame: Any) -> None:
+        self.refusal = f"{frame.method.reply_code} {frame.method.reply_text}"
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
@@ -169,16 +178,17 @@ class Broker(Service):
         )
         factory = Factory.forProtocol(lambda: _Connection(parameters, self))
         factory.noisy = False
-        self._client = ClientService(
+        self._client = ReconnectingClient(
             endpoint,
             factory,
-            retryPolicy=backoffPolicy(
+            self._prepare,
+            backoffPolicy(
                 initialDelay=FIRST_RECONNECT_DELAY,
                 maxDelay=LONGEST_RECONNECT_DELAY,
                 factor=2.0,
             ),
-            clock=clock,
-            prepareConnection=self._prepare,
+            clock,
+            name=f"RabbitMQ at {self.address}",
         )
 
     @property
@@ -192,13 +202,12 @@ class Broker(Service):
         self._client.startService()
 
     @inlineCallbacks
-    def _prepare(self, proxy: Any) -> Any:
+    def _prepare(self, connection: _Connection) -> Any:
         """
         Open AMQP on a new TCP connection, declare the queues and start
-        consuming.  Any failure closes the connection, and the client service
-        tries again after its backoff.
+        consuming.  Any failure closes the connection, and a new one is
+        tried after the backoff.
         """
-        connection: _Connection = proxy._protocol
         try:
             yield connection.ready
             channel = yield connection.channel()
@@ -208,14 +217,7 @@ class Broker(Service):
             for queue in self._declared_queues():
                 yield channel.queue_declare(queue=queue, durable=True)
         except Exception as error:
-            self.log.warn(
-                "Could not set up RabbitMQ at {address}: {error}",
-                address=self.address,
-                error=_describe(error),
-            )
-            if connection.transport is not None:
-                connection.transport.loseConnection()
-            raise
+            raise ConnectionError(_describe(connection.refusal or error)) from None
 
         self._connection = connection
         self._channel = channel
@@ -369,6 +371,7 @@ class Broker(Service):
             connection.transport.abortConnection()
 
     def _connection_lost(self, connection: _Connection, reason: Failure) -> None:
+        self._client.connection_lost(connection)
         if connection is not self._connection:
             return
         self._connection = None

@@ -1,0 +1,180 @@
+"""
+Tests for L{vss_dispatcher.reconnect.ReconnectingClient}, driven by a fake
+endpoint and L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from vss_dispatcher.reconnect import ReconnectingClient
+
+
+class _Transport(StringTransport):
+    def __init__(self, client: ReconnectingClient, protocol: Any) -> None:
+        super().__init__()
+        self._client = client
+        self._protocol = protocol
+        self.closed = False
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    abortConnection = loseConnection
+
+    def lose(self) -> None:
+        """
+        End the connection as the network would.
+        """
+        self._client.connection_lost(self._protocol)
+
+
+class _Endpoint:
+    """
+    Hands out the results the test queues: a protocol for a connection made,
+    an exception for a connection refused.
+    """
+
+    def __init__(self) -> None:
+        self.client: ReconnectingClient
+        self.results: list[object] = []
+        self.connects = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.connects += 1
+        result = self.results.pop(0) if self.results else ConnectionRefusedError("no")
+        if isinstance(result, Exception):
+            return fail(result)
+        protocol = Protocol()
+        protocol.transport = _Transport(self.client, protocol)
+        return succeed(protocol)
+
+
+class ReconnectingClientTests(SynchronousTestCase):
+    """
+    Connections are made again after failures and losses, with the backoff
+    reset only by a connection that was fully set up.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.endpoint = _Endpoint()
+        self.prepared: list[Deferred[None]] = []
+        self.cancelled = 0
+
+        def cancel(_: object) -> None:
+            self.cancelled += 1
+
+        def prepare(protocol: Any) -> Deferred[None]:
+            self.protocol = protocol
+            waiting: Deferred[None] = Deferred(cancel)
+            self.prepared.append(waiting)
+            return waiting
+
+        self.client = ReconnectingClient(
+            self.endpoint,  # type: ignore[arg-type]
+            object(),  # type: ignore[arg-type]
+            prepare,
+            lambda attempt: float(attempt),
+            self.clock,
+        )
+        self.endpoint.client = self.client
+        self.addCleanup(self.assert_no_delayed_calls)
+
+    def assert_no_delayed_calls(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_refused_connections_are_retried_with_growing_delays(self) -> None:
+        """
+        Each refused attempt is followed by another after the delay for the
+        number of failures so far.
+        """
+        self.client.startService()
+        self.assertEqual(self.endpoint.connects, 1)
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.connects, 2)
+        self.clock.advance(1.5)
+        self.assertEqual(self.endpoint.connects, 2)
+        self.clock.advance(0.5)
+        self.assertEqual(self.endpoint.connects, 3)
+        self.assertEqual(self.client.failures, 3)
+        self.client.stopService()
+
+    def test_failed_set_up_closes_the_connection_and_retries(self) -> None:
+        """
+        A connection whose set-up fails is closed and counts as a failed
+        attempt.
+        """
+        self.endpoint.results = [None]
+        self.client.startService()
+        self.prepared[0].errback(ConnectionError("login refused"))
+        self.assertTrue(self.protocol.transport.closed)
+        self.assertEqual(self.client.failures, 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.protocol.transport.lose()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.client.stopService()
+
+    def test_success_resets_the_backoff_and_a_loss_reconnects(self) -> None:
+        """
+        After a fully set-up connection the failure count is zero, and when
+        that connection is lost a new one follows after the first delay.
+        """
+        self.endpoint.results = [ConnectionRefusedError("no"), None, None]
+        self.client.startService()
+        self.clock.advance(1)
+        self.prepared[0].callback(None)
+        self.assertEqual(self.client.failures, 0)
+
+        self.protocol.transport.lose()
+        self.assertEqual(self.client.failures, 1)
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.connects, 3)
+        self.prepared[1].callback(None)
+        self.client.stopService()
+        self.protocol.transport.lose()
+
+    def test_stop_while_waiting_cancels_the_retry(self) -> None:
+        """
+        Stopping between attempts cancels the next attempt.
+        """
+        self.client.startService()
+        stopped = self.client.stopService()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.clock.advance(100)
+        self.assertEqual(self.endpoint.connects, 1)
+
+    def test_stop_during_set_up_abandons_it(self) -> None:
+        """
+        Stopping while a connection is being set up cancels the set-up,
+        closes the connection and tries no more.
+        """
+        self.endpoint.results = [None]
+        self.client.startService()
+        stopped = self.client.stopService()
+        self.assertEqual(self.cancelled, 1)
+        self.assertTrue(self.protocol.transport.closed)
+        self.assertNoResult(stopped)
+        self.protocol.transport.lose()
+        self.successResultOf(stopped)
+
+    def test_stop_when_connected_waits_for_the_connection_to_end(self) -> None:
+        """
+        Stopping with a working connection closes it and fires once it is
+        gone, without reconnecting.
+        """
+        self.endpoint.results = [None]
+        self.client.startService()
+        self.prepared[0].callback(None)
+        stopped = self.client.stopService()
+        self.assertTrue(self.protocol.transport.closed)
+        self.assertNoResult(stopped)
+        self.protocol.transport.lose()
+        self.successResultOf(stopped)
+        self.assertEqual(self.endpoint.connects, 1)
