@@ -371,15 +371,18 @@ class Broker(Service):
             connection.transport.abortConnection()
 
     def _connection_lost(self, connection: _Connection, reason: Failure) -> None:
+        if connection is self._connection:
+            self._forget_connection(reason)
+        # Told last: when stopping, this is what lets the stop finish.
         self._client.connection_lost(connection)
-        if connection is not self._connection:
-            return
+
+    def _forget_connection(self, reason: Failure) -> None:
         self._connection = None
         self._channel = None
         self._publisher = None
         self._consumer_tags = []
         self.consuming = False
-        if self.state == "stopping":
+        if self.state != "open":
             return
         self.state = "connecting"
         described = _describe(reason.value if reason is not None else None)
