@@ -182,6 +182,13 @@ def make_service(options: Any, environ: Optional[dict[str, str]] = None) -> Disp
     except ConfigurationError as error:
         raise SystemExit(f"vss-dispatcher cannot start: {error}") from None
 
+    from .monitoring import attach_monitoring
+
     bridge_pika_logging(settings.log_level)
     observer = make_observer(settings.log_level, settings.log_format)
-    return DispatcherService(settings, reactor, log_observer=observer)
+    service = DispatcherService(settings, reactor, log_observer=observer)
+    try:
+        attach_monitoring(service, reactor)
+    except ConfigurationError as error:
+        raise SystemExit(f"vss-dispatcher cannot start: {error}") from None
+    return service
