@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 import pika
 
@@ -25,7 +25,11 @@ def unique_queues(prefix: str = "test") -> tuple[str, str, str]:
     Names of a normal, a priority and a dead-letter queue no other test uses.
     """
     tag = uuid.uuid4().hex[:10]
-    return (f"{prefix}.{tag}.normal", f"{prefix}.{tag}.priority", f"{prefix}.{tag}.dead")
+    return (
+        f"{prefix}.{tag}.normal",
+        f"{prefix}.{tag}.priority",
+        f"{prefix}.{tag}.dead",
+    )
 
 
 class BrokerClient:
@@ -59,7 +63,7 @@ class BrokerClient:
             properties=pika.BasicProperties(delivery_mode=2, **properties),
         )
 
-    def get(self, queue: str) -> Optional[tuple[Any, Any, bytes]]:
+    def get(self, queue: str) -> tuple[Any, Any, bytes] | None:
         """
         Take one message off C{queue} (acknowledged), or C{None}.
         """
@@ -103,7 +107,7 @@ def close_connections_named(name: str) -> int:
     ).stdout
     closed = 0
     for line in listing.splitlines():
-        if f'"{name}"' in line or f"<<\"{name}\">>" in line:
+        if f'"{name}"' in line or f'<<"{name}">>' in line:
             pid = line.split()[0]
             subprocess.run(
                 ["rabbitmqctl", "-q", "close_connection", pid, "closed by a test"],

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 
-from twisted.logger import LogLevel, LogPublisher, Logger, globalLogPublisher
+from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -62,7 +62,7 @@ class ObserverTests(SynchronousTestCase):
         stream = io.StringIO()
         log = self.publish(make_observer("INFO", "json", stream))
         try:
-            1 / 0
+            raise ZeroDivisionError("division by zero")
         except ZeroDivisionError:
             log.failure("it broke", Failure())
         record = json.loads(stream.getvalue())

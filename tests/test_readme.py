@@ -10,7 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from vss_dispatcher.config import SETTINGS
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"
+)
 
 
 class SettingsTableTests(SynchronousTestCase):

@@ -14,8 +14,9 @@ and the broker delivers every unacknowledged job once more.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import pika
 from pika.adapters.twisted_connection import (
@@ -98,10 +99,10 @@ class _Connection(TwistedProtocolConnection):  # type: ignore[misc]
     pika's Twisted protocol, telling its owner when the TCP connection ends.
     """
 
-    def __init__(self, parameters: pika.ConnectionParameters, owner: "Broker") -> None:
+    def __init__(self, parameters: pika.ConnectionParameters, owner: Broker) -> None:
         super().__init__(parameters, custom_reactor=owner.clock)
         self._owner = owner
-        self.refusal: Optional[str] = None
+        self.refusal: str | None = None
         # pika reports only "connection failed" to whoever waits for the
         # connection; keep the broker's own reason (a refused login, an
         # unknown virtual host) so the log can say it.
@@ -151,9 +152,9 @@ class Broker(Service):
             settings.rabbitmq_normal_queue: False,
             settings.rabbitmq_priority_queue: True,
         }
-        self._connection: Optional[_Connection] = None
-        self._channel: Optional[TwistedChannel] = None
-        self._publisher: Optional[TwistedChannel] = None
+        self._connection: _Connection | None = None
+        self._channel: TwistedChannel | None = None
+        self._publisher: TwistedChannel | None = None
         self._consumer_tags: list[str] = []
         self._opened_once = False
         self.state = "stopped"
@@ -211,7 +212,9 @@ class Broker(Service):
         try:
             yield connection.ready
             channel = yield connection.channel()
-            yield channel.basic_qos(prefetch_count=self.settings.rabbitmq_prefetch_count)
+            yield channel.basic_qos(
+                prefetch_count=self.settings.rabbitmq_prefetch_count
+            )
             publisher = yield connection.channel()
             yield publisher.confirm_delivery()
             for queue in self._declared_queues():
@@ -338,7 +341,9 @@ class Broker(Service):
             )
         )
 
-    def _consumer_ended(self, failure: Failure, queue: str, connection: _Connection) -> None:
+    def _consumer_ended(
+        self, failure: Failure, queue: str, connection: _Connection
+    ) -> None:
         if not self._is_current(connection):
             return None
         self._drop(connection, f"consumer of {queue} ended: {_describe(failure.value)}")
@@ -531,7 +536,9 @@ class Broker(Service):
             try:
                 yield _within(self.clock, 2.0, channel.basic_cancel(tag))
             except Exception as error:
-                self.log.info("Could not cancel a consumer: {error}", error=_describe(error))
+                self.log.info(
+                    "Could not cancel a consumer: {error}", error=_describe(error)
+                )
 
     @inlineCallbacks
     def stopService(self) -> Any:
@@ -546,7 +553,9 @@ class Broker(Service):
                 try:
                     yield _within(self.clock, 3.0, closed)
                 except Exception as error:
-                    self.log.info("Closing AMQP did not finish: {error}", error=_describe(error))
+                    self.log.info(
+                        "Closing AMQP did not finish: {error}", error=_describe(error)
+                    )
         yield self._client.stopService()
         self.state = "stopped"
         self.log.info("Disconnected from RabbitMQ")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.defer import inlineCallbacks
@@ -63,8 +63,8 @@ class DispatcherService(MultiService):
         self,
         settings: Settings,
         clock: Any,
-        backend: Optional[DisplayBackend] = None,
-        log_observer: Optional[ILogObserver] = None,
+        backend: DisplayBackend | None = None,
+        log_observer: ILogObserver | None = None,
     ) -> None:
         """
         @param settings: The settings.
@@ -78,7 +78,7 @@ class DispatcherService(MultiService):
         self.settings = settings
         self.clock = clock
         self.version = __version__
-        self.started: Optional[float] = None
+        self.started: float | None = None
         self._log_observer = log_observer
         self._pool: Any = None
 
@@ -115,7 +115,9 @@ class DispatcherService(MultiService):
             from .visionect import make_visionect_backend
 
             return make_visionect_backend(settings, client, self.clock, self.clock)
-        return DisplayAPI(client, settings.vss_base_url, settings.vss_timeout, self.clock)
+        return DisplayAPI(
+            client, settings.vss_base_url, settings.vss_timeout, self.clock
+        )
 
     def _settle(self, delivery: Delivery) -> None:
         self.broker.settle(delivery)
@@ -134,8 +136,9 @@ class DispatcherService(MultiService):
         self.started = time.time()
         settings = self.settings
         self.log.info(
-            "vss-dispatcher {version} starting: queues {normal} and {priority} on"
-            " {host}:{port}, VSS at {vss} ({mode} mode), interrupted jobs: {interrupted}",
+            "vss-dispatcher {version} starting: queues {normal} and {priority}"
+            " on {host}:{port}, VSS at {vss} ({mode} mode), interrupted jobs:"
+            " {interrupted}",
             version=self.version,
             normal=settings.rabbitmq_normal_queue,
             priority=settings.rabbitmq_priority_queue,
@@ -168,7 +171,9 @@ class DispatcherService(MultiService):
             self.clock._exitSignal = None
 
 
-def make_service(options: Any, environ: Optional[dict[str, str]] = None) -> DispatcherService:
+def make_service(
+    options: Any, environ: dict[str, str] | None = None
+) -> DispatcherService:
     """
     Build the dispatcher from twistd's options and the environment.  A bad
     setting ends the program with one sentence and a non-zero exit status.

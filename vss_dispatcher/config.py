@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -504,7 +504,7 @@ def _replace(settings: Settings, **changes: object) -> Settings:
 
 def load_settings(
     environ: Mapping[str, str],
-    overrides: Optional[Mapping[str, Optional[str]]] = None,
+    overrides: Mapping[str, str | None] | None = None,
 ) -> Settings:
     """
     Read and check every setting.

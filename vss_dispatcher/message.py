@@ -9,7 +9,6 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_BODY_BYTES", "InvalidMessage", "Job", "parse_job"]
 
@@ -44,8 +43,8 @@ class Job:
 
     image_path: str
     duration: float
-    message_id: Optional[str] = None
-    resolved_path: Optional[str] = None
+    message_id: str | None = None
+    resolved_path: str | None = None
 
 
 # How a JSON document's top-level value is named in a reason.

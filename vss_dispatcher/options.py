@@ -8,7 +8,6 @@ its plugins and print C{--help}.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from twisted.python import usage
 
@@ -17,8 +16,8 @@ from .config import SETTINGS
 __all__ = ["DispatcherOptions", "EmulatorOptions"]
 
 
-def _parameters() -> list[list[Optional[str]]]:
-    parameters: list[list[Optional[str]]] = []
+def _parameters() -> list[list[str | None]]:
+    parameters: list[list[str | None]] = []
     for setting in SETTINGS:
         # Defaults are public (the README lists them), so even a secret's
         # default is shown; the value in use never is.
@@ -49,7 +48,7 @@ class DispatcherOptions(usage.Options):
     )
     optParameters = _parameters()
 
-    def overrides(self) -> dict[str, Optional[str]]:
+    def overrides(self) -> dict[str, str | None]:
         """
         The values given on the command line, keyed by environment variable.
         """

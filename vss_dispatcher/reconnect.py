@@ -12,11 +12,16 @@ treats "connected and set up" as the only success.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -62,8 +67,8 @@ class ReconnectingClient(Service):
         self._delay_for_attempt = delay_for_attempt
         self._clock = clock
         self._name = name
-        self._attempt: Optional[Deferred[Any]] = None
-        self._retry: Optional[IDelayedCall] = None
+        self._attempt: Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
         self._protocol: Any = None
         self._gone: list[Deferred[None]] = []
         self.failures = 0

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -178,11 +179,11 @@ class Scheduler:
         self._state = _State.IDLE
         self._priority: deque[Delivery] = deque()
         self._normal: deque[Delivery] = deque()
-        self._sending: Optional[Deferred[None]] = None
-        self._timer: Optional[IDelayedCall] = None
-        self._ack_timer: Optional[IDelayedCall] = None
+        self._sending: Deferred[None] | None = None
+        self._timer: IDelayedCall | None = None
+        self._ack_timer: IDelayedCall | None = None
         self._advancing = False
-        self.current: Optional[Delivery] = None
+        self.current: Delivery | None = None
         self.since = 0.0
         self.observers: list[SchedulerObserver] = []
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -88,7 +88,7 @@ class VSSObserver(Protocol):
         """
 
 
-def classify_status(status: int, excerpt: str) -> Optional[Exception]:
+def classify_status(status: int, excerpt: str) -> Exception | None:
     """
     Map an HTTP status of the JSON protocol to what it means for the job.
 
@@ -234,9 +234,9 @@ class RetryingDisplay:
         self._retry_delay = retry_delay
         self._retry_count = retry_count
         self._max_delay = max_delay
-        self._reported_at: Optional[float] = None
+        self._reported_at: float | None = None
         self.failures = 0
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
         self.observers: list[VSSObserver] = []
 
     def delay_after(self, failures: int) -> float:
@@ -335,8 +335,8 @@ class _Attempts:
         self._owner = owner
         self._job = job
         self._priority = priority
-        self._request: Optional[Deferred[None]] = None
-        self._wait: Optional[IDelayedCall] = None
+        self._request: Deferred[None] | None = None
+        self._wait: IDelayedCall | None = None
         self._cancelled = False
         self._result: Deferred[None] = Deferred(lambda _: self._cancel())
 
