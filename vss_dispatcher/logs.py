@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
+from functools import partial
 from typing import IO, Any
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
@@ -20,7 +23,8 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
-    textFileLogObserver,
+    formatEventAsClassicLogText,
+    formatTime,
 )
 from zope.interface import implementer
 
@@ -51,9 +55,31 @@ def make_observer(
     if log_format == "json":
         writer = JSONLinesObserver(stream)
     else:
-        writer = textFileLogObserver(stream)
+        writer = FileLogObserver(
+            stream, partial(formatEventAsClassicLogText, formatTime=_TimeStamps())
+        )
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(writer, [predicate])
+
+
+class _TimeStamps:
+    """
+    The time stamps of text log lines, as Twisted writes them, worked out
+    once a second: they show whole seconds, and finding the time zone for
+    every line is a noticeable part of the work done for each job.
+    """
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when)
+        second = math.floor(when)
+        if second != self._second:
+            self._second, self._text = second, formatTime(second)
+        return self._text
 
 
 @implementer(ILogObserver)

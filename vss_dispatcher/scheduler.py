@@ -301,6 +301,16 @@ class Scheduler:
         self._sending = None
         self._state = _State.SHOWING
         self.since = self._clock.seconds()
+        # The timers start before the log line and the observers run, so
+        # that their work does not lengthen the display.
+        if delivery.remaining > 0:
+            self._timer = self._clock.callLater(
+                delivery.remaining, self._finished, delivery
+            )
+            if not delivery.settled and delivery.remaining > self._ack_after:
+                self._ack_timer = self._clock.callLater(
+                    self._ack_after, self._acknowledge_early, delivery
+                )
         self.log.info(
             "Showing {image} from {queue} for {seconds:g} s",
             queue=delivery.queue,
@@ -312,14 +322,6 @@ class Scheduler:
 
         if delivery.remaining <= 0:
             self._finished(delivery)
-            return
-        self._timer = self._clock.callLater(
-            delivery.remaining, self._finished, delivery
-        )
-        if not delivery.settled and delivery.remaining > self._ack_after:
-            self._ack_timer = self._clock.callLater(
-                self._ack_after, self._acknowledge_early, delivery
-            )
 
     def _failed(self, delivery: Delivery, failure: Failure) -> None:
         if self.current is not delivery or self._state is not _State.SENDING:
