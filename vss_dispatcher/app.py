@@ -16,33 +16,16 @@ from twisted.python.components import Componentized
 
 from . import __version__
 from .config import ConfigurationError, Settings, load_settings
+from .http import make_http_client
 from .logs import bridge_pika_logging, install_on_application, make_observer
 from .scheduler import Delivery, Interrupted, Scheduler
 from .vss import DisplayAPI, DisplayBackend, RetryingDisplay
 
 __all__ = ["DispatcherService", "make_service"]
 
-
-def _http_client(clock: Any, timeout: float) -> tuple[Any, Any]:
-    """
-    A treq client that keeps connections to VSS open between requests and
-    verifies TLS host names (through service-identity).
-    """
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-
-    class QuietFactory(_HTTP11ClientFactory):  # type: ignore[misc]
-        # One "starting factory" line per connection to VSS is noise.
-        noisy = False
-
-    pool = HTTPConnectionPool(clock, persistent=True)
-    pool._factory = QuietFactory
-    pool.maxPersistentPerHost = 2
-    # Requests are retried by the dispatcher, which knows when a retry is
-    # still wanted; the pool must not repeat a display on its own.
-    pool.retryAutomatically = False
-    agent = Agent(clock, connectTimeout=timeout, pool=pool)
-    return HTTPClient(agent), pool
+# The reactor's poll counts whole milliseconds and so wakes up to one late;
+# display timers fire this much early and the scheduler sleeps the rest.
+DISPLAY_TIMER_LEAD = 0.002
 
 
 class DispatcherService(MultiService):
@@ -97,6 +80,7 @@ class DispatcherService(MultiService):
             reject=self._reject,
             interrupted=Interrupted(settings.interrupted_jobs),
             ack_after=settings.ack_after,
+            wake_early=DISPLAY_TIMER_LEAD,
         )
         from .amqp import Broker
 
@@ -110,7 +94,7 @@ class DispatcherService(MultiService):
 
     def _make_backend(self) -> DisplayBackend:
         settings = self.settings
-        client, self._pool = _http_client(self.clock, settings.vss_timeout)
+        client, self._pool = make_http_client(self.clock, settings.vss_timeout)
         if settings.vss_mode == "visionect":
             from .visionect import make_visionect_backend
 

@@ -11,7 +11,6 @@ import logging
 import math
 import sys
 import time
-from functools import partial
 from typing import IO, Any
 
 from twisted.logger import (
@@ -55,31 +54,54 @@ def make_observer(
     if log_format == "json":
         writer = JSONLinesObserver(stream)
     else:
-        writer = FileLogObserver(
-            stream, partial(formatEventAsClassicLogText, formatTime=_TimeStamps())
-        )
+        writer = FileLogObserver(stream, _ClassicText())
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(writer, [predicate])
 
 
-class _TimeStamps:
+def format_message(event: LogEvent) -> str:
     """
-    The time stamps of text log lines, as Twisted writes them, worked out
-    once a second: they show whole seconds, and finding the time zone for
-    every line is a noticeable part of the work done for each job.
+    The text of an event.  Plain C{str.format} fields (all this project
+    uses) are filled in by C{str.format_map}, many times faster than
+    Twisted's general formatter, which handles the rest.
+    """
+    log_format = event.get("log_format")
+    if isinstance(log_format, str) and "()" not in log_format:
+        try:
+            return log_format.format_map(event)
+        except Exception:
+            pass
+    return formatEvent(event)
+
+
+class _ClassicText:
+    """
+    Formats events the way Twisted's text log does (C{time [namespace#level]
+    message}), with time stamps worked out once a second and messages
+    through L{format_message}: the log is written once or twice per job, so
+    its cost counts.
     """
 
     def __init__(self) -> None:
         self._second: int | None = None
-        self._text = ""
+        self._stamp = ""
 
-    def __call__(self, when: float | None) -> str:
+    def _time(self, when: float | None) -> str:
         if when is None:
             return formatTime(when)
         second = math.floor(when)
         if second != self._second:
-            self._second, self._text = second, formatTime(second)
-        return self._text
+            self._second, self._stamp = second, formatTime(second)
+        return self._stamp
+
+    def __call__(self, event: LogEvent) -> str | None:
+        if "log_failure" in event or "log_system" in event or "log_io" in event:
+            return formatEventAsClassicLogText(event, formatTime=self._time)
+        level = event.get("log_level")
+        namespace = event.get("log_namespace", "-")
+        system = f"{namespace}#{level.name}" if level is not None else namespace
+        text = format_message(event).replace("\n", "\n\t")
+        return f"{self._time(event.get('log_time'))} [{system}] {text}\n"
 
 
 @implementer(ILogObserver)
@@ -103,7 +125,7 @@ class JSONLinesObserver:
             + "Z",
             "level": level.name if level is not None else "info",
             "namespace": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": format_message(event),
         }
         for key, value in event.items():
             if key.startswith("log_") or key in record:

@@ -21,6 +21,7 @@ the DelayedCall is cancelled and the priority job is sent.
 from __future__ import annotations
 
 import enum
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -154,6 +155,8 @@ class Scheduler:
         reject: Callable[[Delivery, str], None],
         interrupted: Interrupted = Interrupted.DROP,
         ack_after: float = 600.0,
+        wake_early: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """
         @param clock: Where time comes from.
@@ -168,6 +171,12 @@ class Scheduler:
             screen.
         @param ack_after: Seconds after which a delivery still on screen is
             settled without waiting for its display to end.
+        @param wake_early: Seconds by which the end of a display is
+            scheduled early, the rest being waited out with C{sleep}.  A
+            reactor wakes up to a millisecond late (its poll counts whole
+            milliseconds), which would lengthen every display; two
+            milliseconds early and a short sleep end it on time.
+        @param sleep: Waits a fraction of a second, blocking.
         """
         self._clock = clock
         self._display = display
@@ -175,6 +184,8 @@ class Scheduler:
         self._reject = reject
         self._interrupted = interrupted
         self._ack_after = ack_after
+        self._wake_early = wake_early
+        self._sleep = sleep
 
         self._state = _State.IDLE
         self._priority: deque[Delivery] = deque()
@@ -305,7 +316,10 @@ class Scheduler:
         # that their work does not lengthen the display.
         if delivery.remaining > 0:
             self._timer = self._clock.callLater(
-                delivery.remaining, self._finished, delivery
+                max(0.0, delivery.remaining - self._wake_early),
+                self._on_time,
+                delivery,
+                self.since + delivery.remaining,
             )
             if not delivery.settled and delivery.remaining > self._ack_after:
                 self._ack_timer = self._clock.callLater(
@@ -346,6 +360,16 @@ class Scheduler:
             delivery.settled = True
             self._reject(delivery, reason)
         self._advance()
+
+    def _on_time(self, delivery: Delivery, deadline: float) -> None:
+        """
+        The display timer fired, a little before C{deadline}: wait out the
+        rest, then end the display.
+        """
+        left = deadline - self._clock.seconds()
+        if 0 < left <= self._wake_early:
+            self._sleep(left)
+        self._finished(delivery)
 
     def _finished(self, delivery: Delivery) -> None:
         self._timer = None

@@ -323,22 +323,52 @@ class Showing:
     One display in the timeline: an image that VSS accepted, from when it
     went on screen until it ended (C{ended} is C{None} while it is on
     screen).
+
+    Only what the page shows is kept, so thousands of entries stay small;
+    the delivery itself is held only while it is on screen.
     """
 
-    delivery: Delivery
+    image: str
+    message_id: str | None
+    queue: str
+    priority: bool
     started: float
     ended: float | None = None
     outcome: str | None = None
+    delivery: Delivery | None = None
+
+    @classmethod
+    def of(cls, delivery: Delivery, started: float) -> Showing:
+        """
+        The entry for C{delivery}, on screen since C{started}.
+        """
+        job = delivery.job
+        return cls(
+            job.image_path,
+            job.message_id,
+            delivery.queue,
+            delivery.priority,
+            started,
+            delivery=delivery,
+        )
+
+    def end(self, when: float, outcome: str) -> None:
+        """
+        Record the end of the display.
+        """
+        self.ended = when
+        self.outcome = outcome
+        self.delivery = None
 
     def as_json(self) -> dict[str, Any]:
         """
         The display as a JSON-ready document.
         """
         return {
-            "image": self.delivery.job.image_path,
-            "message_id": self.delivery.job.message_id,
-            "queue": self.delivery.queue,
-            "priority": self.delivery.priority,
+            "image": self.image,
+            "message_id": self.message_id,
+            "queue": self.queue,
+            "priority": self.priority,
             "started": iso_time(self.started),
             "ended": iso_time(self.ended),
             "outcome": self.outcome,
@@ -408,8 +438,7 @@ class Timeline:
         if showing is None or self._scheduler.current is showing.delivery:
             return
         now = self._clock.seconds()
-        showing.ended = self._lost_at if self._lost_at is not None else now
-        showing.outcome = "interrupted"
+        showing.end(self._lost_at if self._lost_at is not None else now, "interrupted")
 
     def _prune(self) -> None:
         """
@@ -443,7 +472,7 @@ class Timeline:
         """
         self._close_abandoned()
         self._lost_at = None
-        self.showings.append(Showing(delivery, self._clock.seconds()))
+        self.showings.append(Showing.of(delivery, self._clock.seconds()))
         self._prune()
 
     def display_ended(
@@ -455,8 +484,7 @@ class Timeline:
         showing = self._open()
         # A job VSS refused never started, and is marked when it is set aside.
         if showing is not None and showing.delivery is delivery:
-            showing.ended = self._clock.seconds()
-            showing.outcome = outcome.value
+            showing.end(self._clock.seconds(), outcome.value)
 
     def vss_answered(self, seconds: float, result: str) -> None:
         """

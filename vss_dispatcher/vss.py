@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .http import prepared_url
 from .message import Job
 from .scheduler import JobRejected
 
@@ -132,7 +133,7 @@ class DisplayAPI:
         @param clock: Used for the timeout.
         """
         self._client = client
-        self._url = base_url.rstrip("/") + "/display"
+        self._url = prepared_url(base_url.rstrip("/") + "/display")
         self._timeout = timeout
         self._clock = clock
 

@@ -1,0 +1,104 @@
+"""
+The HTTP client that talks to VSS: treq over one pool of kept-alive
+connections, with TLS host names verified through service-identity.
+
+The dispatcher sends every request to the same one or two URLs, so the work
+that treq and Twisted's agent would otherwise repeat for each request
+(turning the host name into its IDNA form, building an endpoint for it) is
+done once here.  On a busy queue that is a noticeable share of the time
+spent per job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyperlink import EncodedURL
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+__all__ = ["CachedEndpoints", "make_http_client", "prepared_url"]
+
+
+class _SendableURL(EncodedURL):  # type: ignore[misc]
+    """
+    A URL already in the form that goes on the wire, so that treq does not
+    encode it again for every request.
+    """
+
+    def to_uri(self) -> _SendableURL:
+        return self
+
+
+def prepared_url(text: str) -> EncodedURL:
+    """
+    Parse and encode C{text} once, for use in many requests.
+    """
+    sendable = EncodedURL.from_text(text).to_uri().to_text()
+    return _SendableURL.from_text(sendable)
+
+
+@implementer(IAgentEndpointFactory)
+class CachedEndpoints:
+    """
+    Builds the endpoint for each VSS address once and reuses it.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._policy = BrowserLikePolicyForHTTPS()
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = self._build(uri)
+        return endpoint
+
+    def _build(self, uri: Any) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, host, uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            creator = self._policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        elif uri.scheme != b"http":
+            raise ValueError(f"VSS_BASE_URL must be http or https, not {uri.scheme!r}")
+        return endpoint
+
+
+class _QuietFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+    # One "starting factory" line per connection to VSS is noise.
+    noisy = False
+
+
+def make_http_client(reactor: Any, timeout: float) -> tuple[Any, HTTPConnectionPool]:
+    """
+    A treq client for VSS and the pool of its connections (close the pool's
+    connections when stopping).
+
+    @param timeout: Seconds allowed for a TCP connection to be made.
+    """
+    from treq.client import HTTPClient
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietFactory
+    pool.maxPersistentPerHost = 2
+    # Requests are retried by the dispatcher, which knows when a retry is
+    # still wanted; the pool must not repeat a display on its own.
+    pool.retryAutomatically = False
+    agent = Agent.usingEndpointFactory(
+        reactor, CachedEndpoints(reactor, timeout), pool=pool
+    )
+    return HTTPClient(agent), pool
