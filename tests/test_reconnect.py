@@ -178,3 +178,33 @@ class ReconnectingClientTests(SynchronousTestCase):
         self.protocol.transport.lose()
         self.successResultOf(stopped)
         self.assertEqual(self.endpoint.connects, 1)
+
+
+class ClientEndpointTests(SynchronousTestCase):
+    """
+    IP addresses are connected to directly; names are looked up.
+    """
+
+    def test_kinds_of_host(self) -> None:
+        """
+        An IPv4 or IPv6 address gets a plain TCP endpoint, which needs no
+        name lookup, and a host name gets a L{HostnameEndpoint}.
+        """
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+        )
+
+        from vss_dispatcher.reconnect import client_endpoint
+
+        clock = Clock()
+        self.assertIsInstance(
+            client_endpoint(clock, "127.0.0.1", 5672, 10), TCP4ClientEndpoint
+        )
+        self.assertIsInstance(
+            client_endpoint(clock, "::1", 5672, 10), TCP6ClientEndpoint
+        )
+        self.assertIsInstance(
+            client_endpoint(clock, "rabbitmq", 5672, 10), HostnameEndpoint
+        )

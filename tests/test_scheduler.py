@@ -827,3 +827,66 @@ class ObserverTests(SchedulerTestCase):
                 ("ended", "p.png", Outcome.COMPLETED, 1, 1),
             ],
         )
+
+
+class TimerPrecisionTests(SynchronousTestCase):
+    """
+    A display timer set to wake early ends the display at its deadline, not
+    before, by sleeping the rest.
+    """
+
+    def test_early_timer_sleeps_the_rest_then_ends_the_display(self) -> None:
+        """
+        With wake_early, the timer fires that much before the deadline, the
+        scheduler sleeps what is left, and only then settles the job.
+        """
+        clock = Clock()
+        display = FakeDisplay()
+        settled: list[Delivery] = []
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            clock.advance(seconds)
+
+        scheduler = Scheduler(
+            clock,
+            display,
+            settled.append,
+            lambda delivery, reason: None,
+            wake_early=0.002,
+            sleep=sleep,
+        )
+        scheduler.enqueue(Delivery(Job("a.png", 1.0), False, "vss.normal"))
+        display.requests[-1].accept()
+
+        clock.advance(0.997)
+        self.assertEqual(settled, [])
+        clock.advance(0.0015)
+        self.assertEqual(len(sleeps), 1)
+        self.assertAlmostEqual(sleeps[0], 0.0015)
+        self.assertEqual(len(settled), 1)
+        self.assertAlmostEqual(clock.seconds(), 1.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_late_timer_does_not_sleep(self) -> None:
+        """
+        A timer that fires after the deadline ends the display at once.
+        """
+        clock = Clock()
+        display = FakeDisplay()
+        settled: list[Delivery] = []
+        sleeps: list[float] = []
+        scheduler = Scheduler(
+            clock,
+            display,
+            settled.append,
+            lambda delivery, reason: None,
+            wake_early=0.002,
+            sleep=sleeps.append,
+        )
+        scheduler.enqueue(Delivery(Job("a.png", 1.0), False, "vss.normal"))
+        display.requests[-1].accept()
+        clock.advance(1.5)
+        self.assertEqual(sleeps, [])
+        self.assertEqual(len(settled), 1)

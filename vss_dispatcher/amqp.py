@@ -28,14 +28,13 @@ from pika.adapters.twisted_connection import (
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .config import Settings
 from .message import InvalidMessage, parse_job
-from .reconnect import ReconnectingClient
+from .reconnect import ReconnectingClient, client_endpoint
 from .scheduler import Delivery
 
 __all__ = ["Broker", "BrokerObserver", "MessageSource"]
@@ -80,7 +79,7 @@ class BrokerObserver(Protocol):
         """
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MessageSource:
     """
     What is needed to settle one message: the channel it came on and its
@@ -174,7 +173,7 @@ class Broker(Service):
                 "connection_name": f"vss-dispatcher {settings.rabbitmq_normal_queue}"
             },
         )
-        endpoint = HostnameEndpoint(
+        endpoint = client_endpoint(
             clock, settings.rabbitmq_host, settings.rabbitmq_port, timeout=10
         )
         factory = Factory.forProtocol(lambda: _Connection(parameters, self))

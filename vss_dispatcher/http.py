@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from hyperlink import EncodedURL
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import (
     Agent,
@@ -24,6 +24,8 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
+
+from .reconnect import client_endpoint
 
 __all__ = ["CachedEndpoints", "make_http_client", "prepared_url"]
 
@@ -67,9 +69,7 @@ class CachedEndpoints:
 
     def _build(self, uri: Any) -> IStreamClientEndpoint:
         host = uri.host.decode("ascii")
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, host, uri.port, timeout=self._connect_timeout
-        )
+        endpoint = client_endpoint(self._reactor, host, uri.port, self._connect_timeout)
         if uri.scheme == b"https":
             creator = self._policy.creatorForNetloc(uri.host, uri.port)
             endpoint = wrapClientTLS(creator, endpoint)

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocolFactory,
@@ -25,7 +31,22 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ReconnectingClient"]
+__all__ = ["ReconnectingClient", "client_endpoint"]
+
+
+def client_endpoint(
+    reactor: Any, host: str, port: int, timeout: float
+) -> IStreamClientEndpoint:
+    """
+    The endpoint for a TCP connection to C{host}: a direct one for an IP
+    address, which needs no name lookup (and so no lookup thread), and a
+    L{HostnameEndpoint} for a name, which tries every address it resolves to.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
 class ReconnectingClient(Service):

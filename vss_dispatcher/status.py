@@ -317,7 +317,7 @@ async def _unavailable() -> dict[str, int]:
     raise ConnectionError("the broker cannot count messages now")
 
 
-@dataclass
+@dataclass(slots=True)
 class Showing:
     """
     One display in the timeline: an image that VSS accepted, from when it
@@ -375,7 +375,7 @@ class Showing:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Mark:
     """
     Something that went wrong at one moment: C{kind} is C{"vss_failure"},

@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 
 from .http import prepared_url
 from .message import Job
@@ -134,6 +135,9 @@ class DisplayAPI:
         """
         self._client = client
         self._url = prepared_url(base_url.rstrip("/") + "/display")
+        # treq uses a Headers object as given, and the agents below it copy
+        # it before adding anything, so one serves every request.
+        self._headers = Headers({b"Content-Type": [b"application/json"]})
         self._timeout = timeout
         self._clock = clock
 
@@ -149,7 +153,7 @@ class DisplayAPI:
         request = self._client.post(
             self._url,
             data=body,
-            headers={b"Content-Type": [b"application/json"]},
+            headers=self._headers,
             allow_redirects=False,
         )
         return with_timeout(request, self._timeout, self._clock, self._read_answer)
