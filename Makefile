@@ -2,6 +2,7 @@
 #   make run    the dispatcher and the VSS emulator against the local RabbitMQ
 #   make test   the whole test suite (needs RabbitMQ on 127.0.0.1:5672)
 #   make bench  the benchmark against a minimal reference consumer
+#   make lint   ruff, black and mypy
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -35,6 +36,7 @@ bench-smoke: venv
 lint: venv
 	$(BIN)/ruff check vss_dispatcher tests twisted benchmarks
 	$(BIN)/black --check vss_dispatcher tests twisted benchmarks
+	$(BIN)/mypy vss_dispatcher
 
 clean:
 	rm -rf $(VENV) _trial_temp build dist *.egg-info

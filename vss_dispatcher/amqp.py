@@ -399,6 +399,14 @@ class Broker(Service):
             observer.broker_lost(described)
         self._lost()
 
+    def _is_open_channel(self, channel: TwistedChannel) -> bool:
+        """
+        Whether C{channel} is the consuming channel of the current connection
+        and still open, so its delivery tags are still valid.
+        """
+        current = self._channel
+        return current is not None and channel is current and bool(current.is_open)
+
     def settle(self, delivery: Delivery) -> None:
         """
         Acknowledge a finished delivery.  A delivery from a connection that
@@ -409,7 +417,7 @@ class Broker(Service):
 
     def _ack(self, source: MessageSource, what: str) -> None:
         channel = source.channel
-        if channel is self._channel and channel.is_open:
+        if self._is_open_channel(channel):
             channel.basic_ack(delivery_tag=source.delivery_tag)
         else:
             self.log.info(
@@ -442,7 +450,7 @@ class Broker(Service):
         dead_letter_queue = self.settings.rabbitmq_dead_letter_queue
         channel = source.channel
         if not dead_letter_queue:
-            if channel is self._channel and channel.is_open:
+            if self._is_open_channel(channel):
                 channel.basic_reject(delivery_tag=source.delivery_tag, requeue=False)
             return succeed(None)
 
@@ -479,7 +487,7 @@ class Broker(Service):
             self._ack(source, f"the message set aside from {queue}")
 
         def refused(failure: Failure) -> None:
-            if channel is not self._channel or not channel.is_open:
+            if not self._is_open_channel(channel):
                 return
             self.log.error(
                 "RabbitMQ did not take the message set aside from {queue} onto"
@@ -492,13 +500,15 @@ class Broker(Service):
             )
 
             def give_back() -> None:
-                if channel is self._channel and channel.is_open:
-                    channel.basic_nack(delivery_tag=source.delivery_tag, requeue=True)
+                if self._is_open_channel(source.channel):
+                    source.channel.basic_nack(
+                        delivery_tag=source.delivery_tag, requeue=True
+                    )
 
             self.clock.callLater(DEAD_LETTER_RETRY_DELAY, give_back)
 
         publishing.addCallbacks(confirmed, refused)
-        return publishing
+        return publishing  # type: ignore[no-any-return]
 
     def queue_counts(self) -> Deferred[dict[str, int]]:
         """
@@ -517,7 +527,7 @@ class Broker(Service):
                 counts[queue] = frame.method.message_count
             return counts
 
-        return count()  # type: ignore[no-any-return]
+        return count()
 
     @inlineCallbacks
     def stop_consuming(self) -> Any:

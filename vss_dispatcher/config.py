@@ -499,7 +499,7 @@ def _check_visionect(settings: Settings) -> Settings:
 def _replace(settings: Settings, **changes: object) -> Settings:
     values = {field.name: getattr(settings, field.name) for field in fields(settings)}
     values.update(changes)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
 def load_settings(

@@ -30,7 +30,7 @@ from .reconnect import client_endpoint
 __all__ = ["CachedEndpoints", "make_http_client", "prepared_url"]
 
 
-class _SendableURL(EncodedURL):  # type: ignore[misc]
+class _SendableURL(EncodedURL):
     """
     A URL already in the form that goes on the wire, so that treq does not
     encode it again for every request.
@@ -78,7 +78,7 @@ class CachedEndpoints:
         return endpoint
 
 
-class _QuietFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+class _QuietFactory(_HTTP11ClientFactory):
     # One "starting factory" line per connection to VSS is noise.
     noisy = False
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -367,7 +367,8 @@ class StatusServer(Service):
         self._listening = None
         if port is None:
             return succeed(None)
-        return maybeDeferred(port.stopListening)
+        stopped = port.stopListening()
+        return stopped if stopped is not None else succeed(None)
 
 
 def _observe(observer: Any, *parts: Any) -> None:
