@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from vss_dispatcher.reconnect import ReconnectingClient
 
@@ -182,7 +182,8 @@ class ReconnectingClientTests(SynchronousTestCase):
 
 class ClientEndpointTests(SynchronousTestCase):
     """
-    IP addresses are connected to directly; names are looked up.
+    IP addresses are connected to directly, names are looked up, and every
+    connection has Nagle's algorithm turned off.
     """
 
     def test_kinds_of_host(self) -> None:
@@ -199,12 +200,38 @@ class ClientEndpointTests(SynchronousTestCase):
         from vss_dispatcher.reconnect import client_endpoint
 
         clock = Clock()
-        self.assertIsInstance(
-            client_endpoint(clock, "127.0.0.1", 5672, 10), TCP4ClientEndpoint
+        for host, kind in (
+            ("127.0.0.1", TCP4ClientEndpoint),
+            ("::1", TCP6ClientEndpoint),
+            ("rabbitmq", HostnameEndpoint),
+        ):
+            endpoint = client_endpoint(clock, host, 5672, 10)
+            self.assertIsInstance(endpoint._endpoint, kind)  # type: ignore[attr-defined]
+
+
+class NoDelayTests(TestCase):
+    """
+    Connections made through L{client_endpoint} send small writes at once.
+    """
+
+    @inlineCallbacks
+    def test_connection_has_tcp_nodelay(self) -> Any:
+        """
+        A real loopback connection made through the endpoint has
+        TCP_NODELAY set on its socket.
+        """
+        import socket
+
+        from twisted.internet import reactor
+
+        from vss_dispatcher.reconnect import client_endpoint
+
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(Protocol), interface="127.0.0.1"
         )
-        self.assertIsInstance(
-            client_endpoint(clock, "::1", 5672, 10), TCP6ClientEndpoint
-        )
-        self.assertIsInstance(
-            client_endpoint(clock, "rabbitmq", 5672, 10), HostnameEndpoint
-        )
+        self.addCleanup(port.stopListening)
+        endpoint = client_endpoint(reactor, "127.0.0.1", port.getHost().port, 5)
+        protocol = yield endpoint.connect(Factory.forProtocol(Protocol))
+        self.addCleanup(protocol.transport.loseConnection)
+        handle = protocol.transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["ReconnectingClient", "client_endpoint"]
 
@@ -42,11 +43,37 @@ def client_endpoint(
     address, which needs no name lookup (and so no lookup thread), and a
     L{HostnameEndpoint} for a name, which tries every address it resolves to.
     """
+    endpoint: IStreamClientEndpoint
     if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    return _NoDelay(endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _NoDelay:
+    """
+    Connects through another endpoint and turns off Nagle's algorithm on
+    the connection.  Both AMQP and HTTP here send small messages and wait
+    for the answer: with Nagle's algorithm a small write can wait for the
+    acknowledgement of the previous one, which the peer may delay by tens
+    of milliseconds.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        def no_delay(protocol: Any) -> Any:
+            set_no_delay = getattr(protocol.transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
+            return protocol
+
+        return self._endpoint.connect(factory).addCallback(no_delay)
 
 
 class ReconnectingClient(Service):
