@@ -238,6 +238,27 @@ class DeadLetterTests(DispatcherTestCase):
         )
 
     @inlineCallbacks
+    def test_without_dead_letter_queue_bad_message_is_rejected(self) -> Any:
+        """
+        With RABBITMQ_DEAD_LETTER_QUEUE empty, a bad message is rejected
+        (not requeued, so it does not come back) and the next job is shown.
+        """
+        dispatcher = yield self.start(rabbitmq_dead_letter_queue="")
+        self.client.publish(self.normal, {"image_path": ""})
+        self.client.publish(self.normal, {"image_path": "good.png", "duration": 0})
+        first = yield self.vss.request_number(1)
+        self.assertEqual(first.image_path, "good.png")
+        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
+        yield dispatcher.stopService()
+
+        self.assertEqual(self.client.count(self.normal), 0)
+        self.assertEqual(self.vss.received, 1)
+        self.assertEqual(
+            [(q, c) for q, c, _ in self.observer.dead_lettered],
+            [(self.normal, "invalid_message")],
+        )
+
+    @inlineCallbacks
     def test_job_vss_refuses_is_set_aside_with_its_answer(self) -> Any:
         """
         A job VSS answers with 422 is moved to the dead-letter queue with the
