@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from twisted.web.static import File
 
 from .config import ConfigurationError
 from .metrics import CONTENT_TYPE, Metrics
@@ -111,16 +110,27 @@ def _log_render_failure(failure: Failure, request: Request) -> None:
         request.finish()
 
 
-class _File(File):
+class _File(Resource):
     """
     One file, with the same protective headers as the rest of the site.
+
+    Twisted's static-file resource (ranges, conditional requests, streaming)
+    is loaded on the first request only: most dispatchers never serve a
+    file, and it is not small.
     """
 
     isLeaf = True
 
+    def __init__(self, path: str, defaultType: str = "text/html") -> None:
+        super().__init__()
+        self._path = path
+        self._default_type = defaultType
+
     def render(self, request: Request) -> object:
+        from twisted.web.static import File
+
         _secure(request)
-        return super().render(request)
+        return File(self._path, defaultType=self._default_type).render(request)
 
 
 class _Health(Resource):
