@@ -424,6 +424,26 @@ class VisionectServerCase(TestCase):
             self.settings(**changes), self.client, self.clock, reactor
         )
 
+    def backend_converting_with(
+        self, convert: Callable[[str, Geometry], bytes]
+    ) -> VisionectBackend:
+        """
+        A backend whose conversions run C{convert} in the reactor's threads.
+        """
+        converter = ImageConverter(
+            Geometry(*self.size), run_in_reactor_threads, convert=convert
+        )
+        return VisionectBackend(
+            self.client,
+            self.base_url,
+            API_KEY,
+            API_SECRET,
+            DEVICES,
+            converter,
+            5.0,
+            self.clock,
+        )
+
     def job(self, name: str, image: Image.Image | None = None) -> Job:
         """
         A job for C{name} in the test's directory, saving C{image} there
@@ -659,19 +679,7 @@ class VisionectBackendTests(VisionectServerCase):
             release.wait(60)
             return convert_image(path, geometry)
 
-        converter = ImageConverter(
-            Geometry(*self.size), run_in_reactor_threads, convert=slow_convert
-        )
-        backend = VisionectBackend(
-            self.client,
-            self.base_url,
-            API_KEY,
-            API_SECRET,
-            DEVICES,
-            converter,
-            5.0,
-            self.clock,
-        )
+        backend = self.backend_converting_with(slow_convert)
         job = self.job("poster.png", halves((160, 90)))
         attempt = backend.attempt(job, True)
         yield started
@@ -697,19 +705,7 @@ class VisionectBackendTests(VisionectServerCase):
             calls.append(path)
             return convert_image(path, geometry)
 
-        converter = ImageConverter(
-            Geometry(*self.size), run_in_reactor_threads, convert=counting_convert
-        )
-        backend = VisionectBackend(
-            self.client,
-            self.base_url,
-            API_KEY,
-            API_SECRET,
-            DEVICES,
-            converter,
-            5.0,
-            self.clock,
-        )
+        backend = self.backend_converting_with(counting_convert)
         job = self.job("poster.png", halves((160, 90)))
 
         yield backend.attempt(job, False)

@@ -29,7 +29,6 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -44,6 +43,8 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from .status import iso_time
 
 __all__ = [
     "BACKEND",
@@ -158,14 +159,6 @@ class RecordedRequest:
             "path": self.path,
             "error": self.error,
         }
-
-
-def iso_time(seconds: float) -> str:
-    """
-    Seconds since the epoch as an ISO 8601 UTC time to the millisecond.
-    """
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _shown(document: Mapping[str, object], name: str) -> str:

@@ -5,6 +5,7 @@ into a L{Job} or into a plain-words reason for setting it aside.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -108,6 +109,17 @@ def _check_duration(
     return float(duration)
 
 
+@functools.lru_cache(maxsize=8)
+def _real_root(image_root: str) -> str:
+    """
+    The real path of the image directory.  The configuration passes one
+    already; resolving it here keeps the containment check right for any
+    caller, once per directory rather than once per message (on a network
+    share every path component is a round trip).
+    """
+    return os.path.realpath(image_root)
+
+
 def _check_image(image_path: str, image_root: str) -> str:
     """
     Resolve C{image_path} inside C{image_root} and check that it is an image
@@ -116,9 +128,7 @@ def _check_image(image_path: str, image_root: str) -> str:
     @return: The real path of the file.
     @raise InvalidMessage: When it is outside, missing, or not an image.
     """
-    # The configuration passes a real path already; resolving it again keeps
-    # the containment check right for any caller.
-    image_root = os.path.realpath(image_root)
+    image_root = _real_root(image_root)
     candidate = os.path.join(image_root, image_path)
     resolved = os.path.realpath(candidate)
     if os.path.commonpath([resolved, image_root]) != image_root:

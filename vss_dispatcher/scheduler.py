@@ -404,14 +404,12 @@ class Scheduler:
             sending.cancel()
 
     def _cancel_ack_timer(self) -> None:
-        timer, self._ack_timer = self._ack_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        _cancel(self._ack_timer)
+        self._ack_timer = None
 
     def _cancel_timers(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        _cancel(self._timer)
+        self._timer = None
         self._cancel_ack_timer()
 
     def forget_unsettled(self) -> None:
@@ -441,3 +439,11 @@ class Scheduler:
         self._cancel_timers()
         self._priority.clear()
         self._normal.clear()
+
+
+def _cancel(timer: IDelayedCall | None) -> None:
+    """
+    Cancel C{timer} unless it has run or is gone already.
+    """
+    if timer is not None and timer.active():
+        timer.cancel()
