@@ -9,10 +9,12 @@ import io
 import json
 import logging
 
+from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from vss_dispatcher.aftersend import AfterSend
 from vss_dispatcher.logs import bridge_pika_logging, make_observer
 
 
@@ -68,6 +70,99 @@ class ObserverTests(SynchronousTestCase):
         record = json.loads(stream.getvalue())
         self.assertEqual(record["level"], "critical")
         self.assertIn("ZeroDivisionError", record["traceback"])
+
+
+class CountingStream(io.StringIO):
+    """
+    An unbuffered stream, as standard output is for most services: it
+    tells how often it was written to.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    @property
+    def flushed(self) -> str:
+        return self.getvalue()
+
+
+class RunningClock(Clock):
+    """
+    A clock standing in for a running reactor.
+    """
+
+    running = True
+
+
+class FlushTests(SynchronousTestCase):
+    """
+    Lines are flushed together at the end of a reactor turn, except where
+    waiting could lose them.
+    """
+
+    def setUp(self) -> None:
+        self.stream = CountingStream()
+        self.clock = RunningClock()
+        self.after_send = AfterSend(self.clock)
+        publisher = LogPublisher(
+            make_observer("INFO", "text", self.stream, self.after_send)
+        )
+        self.log = Logger(namespace="vss.test", observer=publisher)
+
+    def test_info_lines_flushed_together_after_the_turn(self) -> None:
+        """
+        Info lines written in one reactor turn are flushed once, when the
+        reactor gets to its next turn.
+        """
+        self.log.info("Showing {image}", image="a.png")
+        self.log.info("Played {image}", image="a.png")
+        self.assertEqual(self.stream.flushed, "")
+        self.clock.advance(0)
+        self.assertEqual(self.stream.writes, 1)
+        self.assertIn("Showing a.png", self.stream.flushed)
+        self.assertIn("Played a.png", self.stream.flushed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_warnings_flushed_at_once(self) -> None:
+        """
+        A warning is flushed as soon as it is written, with what was
+        waiting before it, and nothing is left scheduled.
+        """
+        self.log.info("first")
+        self.log.warn("VSS is not answering")
+        self.assertEqual(self.stream.writes, 1)
+        self.assertIn("first", self.stream.flushed)
+        self.assertIn("VSS is not answering", self.stream.flushed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flushed_at_once_when_the_reactor_is_not_running(self) -> None:
+        """
+        Before the reactor runs and once it has stopped, no later turn would
+        flush a line, so each is flushed at once.
+        """
+        self.clock.running = False
+        self.log.info("Stopped")
+        self.assertEqual(self.stream.writes, 1)
+        self.assertIn("Stopped", self.stream.flushed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_json_lines_buffered_the_same_way(self) -> None:
+        """
+        JSON lines are flushed the same way as text lines.
+        """
+        stream = CountingStream()
+        publisher = LogPublisher(make_observer("INFO", "json", stream, self.after_send))
+        log = Logger(namespace="vss.test", observer=publisher)
+        log.info("one")
+        log.info("two")
+        self.clock.advance(0)
+        self.assertEqual(stream.writes, 1)
+        self.assertEqual(len(stream.flushed.splitlines()), 2)
 
 
 class PikaBridgeTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ carries the twistd plugins and nothing that would break Twisted.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,6 +22,24 @@ class WheelTests(TestCase):
     """
 
     def build_wheel(self) -> str:
+        # Built from a copy, so that builds running side by side (trial -j)
+        # do not share the checkout's build directory.
+        source = self.mktemp()
+        shutil.copytree(
+            ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git",
+                ".venv",
+                "build",
+                "dist",
+                "_trial_temp*",
+                "__pycache__",
+                "*.egg-info",
+                "results",
+                "dropin.cache",
+            ),
+        )
         out = self.mktemp()
         os.makedirs(out)
         subprocess.run(
@@ -34,7 +53,7 @@ class WheelTests(TestCase):
                 "--no-build-isolation",
                 "--wheel-dir",
                 out,
-                ROOT,
+                source,
             ],
             check=True,
             capture_output=True,

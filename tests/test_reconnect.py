@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from vss_dispatcher.reconnect import ReconnectingClient
+from vss_dispatcher.reconnect import ReconnectingClient, backoff
 
 
 class _Transport(StringTransport):
@@ -54,6 +54,31 @@ class _Endpoint:
         protocol = Protocol()
         protocol.transport = _Transport(self.client, protocol)
         return succeed(protocol)
+
+
+class BackoffTests(SynchronousTestCase):
+    """
+    The delays between reconnection attempts.
+    """
+
+    def test_doubles_up_to_the_longest(self) -> None:
+        """
+        Without jitter the delays double from the first to the longest and
+        stay there, however many attempts failed.
+        """
+        delay = backoff(1.0, 30.0, jitter=lambda: 0.0)
+        self.assertEqual(
+            [delay(attempt) for attempt in range(7)],
+            [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0],
+        )
+        self.assertEqual(delay(10_000), 30.0)
+
+    def test_jitter_added(self) -> None:
+        """
+        The jitter is added to every delay, the longest included.
+        """
+        delay = backoff(1.0, 30.0, jitter=lambda: 0.25)
+        self.assertEqual((delay(0), delay(100)), (1.25, 30.25))
 
 
 class ReconnectingClientTests(SynchronousTestCase):

@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from vss_dispatcher.aftersend import AfterSend
 from vss_dispatcher.message import Job
 from vss_dispatcher.scheduler import (
     Delivery,
@@ -121,6 +123,7 @@ class SchedulerTestCase(SynchronousTestCase):
         ack_after: float = 600.0,
         display: Callable[[Job, bool], Deferred[None]] | None = None,
         clock: Clock | None = None,
+        observe_later: bool = False,
     ) -> None:
         """
         Replace the scheduler under test with one built with these
@@ -138,6 +141,7 @@ class SchedulerTestCase(SynchronousTestCase):
             lambda delivery, reason: self.rejected.append((delivery, reason)),
             interrupted,
             ack_after,
+            after_send=AfterSend(self.clock) if observe_later else None,
         )
         self.scheduler.observers.append(self.observer)
         clock = self.clock
@@ -827,6 +831,96 @@ class ObserverTests(SchedulerTestCase):
                 ("ended", "p.png", Outcome.COMPLETED, 1, 1),
             ],
         )
+
+
+class ObserveLaterTests(SchedulerTestCase):
+    """
+    With an L{AfterSend}, observers hear of events at the end of the
+    reactor turn, in order, after the acknowledgement and the next request.
+    """
+
+    def setUp(self) -> None:
+        self.build(observe_later=True)
+
+    def test_held_until_the_turn_ends(self) -> None:
+        """
+        A finished job is acknowledged and the next one sent before the
+        observers hear that it ended; then they hear everything in order,
+        the "Showing" lines logged with them.
+        """
+        self.deliver("a.png", 0)
+        self.deliver("b.png", 5)
+        with capturedLogs() as events:
+            self.pending().accept()
+            self.assertEqual([d.job.image_path for d in self.settled], ["a.png"])
+            self.assertEqual(self.sent(), ["a.png", "b.png"])
+            self.assertEqual(self.observer.events, [])
+            self.assertEqual(events, [])
+
+            self.clock.advance(0)
+        self.assertEqual(
+            self.observer.events,
+            [
+                ("sending", "a.png"),
+                ("started", "a.png"),
+                ("ended", "a.png", Outcome.COMPLETED, 0, 0),
+                ("sending", "b.png"),
+            ],
+        )
+        [line] = [formatEvent(event) for event in events]
+        self.assertEqual(line, "Showing a.png from vss.normal for 0 s")
+        self.pending().accept()
+        self.clock.advance(5)
+        self.assertEqual(self.observer.events[-2][:2], ("started", "b.png"))
+        self.assertEqual(
+            self.observer.events[-1][:3], ("ended", "b.png", Outcome.COMPLETED)
+        )
+
+    def test_preemption_told_in_order(self) -> None:
+        """
+        The end of a preempted display reaches observers before the
+        priority job's sending, as it happened.
+        """
+        self.deliver("n.png", 10)
+        self.pending().accept()
+        self.clock.advance(2)
+        self.deliver("p.png", 1, priority=True)
+        self.clock.advance(0)
+        self.assertEqual(
+            self.observer.events,
+            [
+                ("sending", "n.png"),
+                ("started", "n.png"),
+                ("ended", "n.png", Outcome.PREEMPTED, 10, 2),
+                ("sending", "p.png"),
+            ],
+        )
+        self.show_all()
+
+    def test_stop_tells_what_is_held(self) -> None:
+        """
+        Stopping passes on the events still held, so that observers know
+        what was on screen, and leaves nothing scheduled.
+        """
+        self.deliver("a.png", 5)
+        self.pending().accept()
+        self.scheduler.stop()
+        self.assertEqual(
+            self.observer.events, [("sending", "a.png"), ("started", "a.png")]
+        )
+
+    def test_connection_loss_tells_what_is_held(self) -> None:
+        """
+        Before forgetting unsettled deliveries, the scheduler passes on the
+        events held, so observers see the forgotten display start first.
+        """
+        self.deliver("a.png", 5)
+        self.pending().accept()
+        self.scheduler.forget_unsettled()
+        self.assertEqual(
+            self.observer.events, [("sending", "a.png"), ("started", "a.png")]
+        )
+        self.assertIsNone(self.scheduler.current)
 
 
 class TimerPrecisionTests(SynchronousTestCase):

@@ -32,9 +32,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, ResponseNeverReceived
 from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from vss_dispatcher.http import make_http_client
 from vss_dispatcher.message import Job
 from vss_dispatcher.scheduler import JobRejected
 from vss_dispatcher.vss import (
@@ -407,6 +408,47 @@ class RealSocketTests(TestCase):
             await api.attempt(JOB, False)
         self.assertIn("cannot reach VSS", str(caught.exception))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_kept_alive_without_cookies(self) -> None:
+        """
+        The dispatcher's own client reuses one connection for consecutive
+        requests, reads each answer, and neither keeps nor sends the
+        cookies VSS sets.
+        """
+
+        class CookieSettingVSS(Resource):
+            isLeaf = True
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.seen: list[tuple[int, list[bytes] | None]] = []
+
+            def render(self, request: Request) -> bytes:
+                self.seen.append(
+                    (
+                        request.getClientAddress().port,
+                        request.requestHeaders.getRawHeaders(b"cookie"),
+                    )
+                )
+                request.addCookie(b"session", b"abc", path=b"/")
+                return b"accepted"
+
+        vss = CookieSettingVSS()
+        site = Site(vss)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client, pool = make_http_client(reactor, 5)
+        self.addCleanup(pool.closeCachedConnections)
+        api = DisplayAPI(client, f"http://127.0.0.1:{port.getHost().port}", 5, reactor)
+
+        await api.attempt(JOB, False)
+        await api.attempt(JOB, True)
+
+        [(first_port, first_cookie), (second_port, second_cookie)] = vss.seen
+        self.assertEqual(first_port, second_port)
+        self.assertIsNone(first_cookie)
+        self.assertIsNone(second_cookie)
 
 
 class RetryTests(VSSTestCase):

@@ -3,7 +3,7 @@ The RabbitMQ side: one connection, kept open for as long as the dispatcher
 runs, that consumes both queues, acknowledges finished jobs and sets bad
 messages aside on the dead-letter queue.
 
-Reconnection uses a capped, jittered backoff (Twisted's C{backoffPolicy}).
+Reconnection uses a capped, jittered backoff.
 A connection counts as established only once AMQP is open, the queues are
 declared and both consumers are registered, so the backoff is reset only
 then.  A channel closed by the broker or a consumer cancelled by it is
@@ -25,7 +25,6 @@ from pika.adapters.twisted_connection import (
     TwistedChannel,
     TwistedProtocolConnection,
 )
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import Factory
@@ -34,7 +33,7 @@ from twisted.python.failure import Failure
 
 from .config import Settings
 from .message import InvalidMessage, parse_job
-from .reconnect import ReconnectingClient, client_endpoint
+from .reconnect import ReconnectingClient, backoff, client_endpoint
 from .scheduler import Delivery
 
 __all__ = ["Broker", "BrokerObserver", "MessageSource"]
@@ -182,11 +181,7 @@ class Broker(Service):
             endpoint,
             factory,
             self._prepare,
-            backoffPolicy(
-                initialDelay=FIRST_RECONNECT_DELAY,
-                maxDelay=LONGEST_RECONNECT_DELAY,
-                factor=2.0,
-            ),
+            backoff(FIRST_RECONNECT_DELAY, LONGEST_RECONNECT_DELAY),
             clock,
             name=f"RabbitMQ at {self.address}",
         )

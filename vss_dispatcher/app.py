@@ -15,6 +15,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from . import __version__
+from .aftersend import AfterSend
 from .config import ConfigurationError, Settings, load_settings
 from .http import make_http_client
 from .logs import bridge_pika_logging, install_on_application, make_observer
@@ -48,6 +49,7 @@ class DispatcherService(MultiService):
         clock: Any,
         backend: DisplayBackend | None = None,
         log_observer: ILogObserver | None = None,
+        after_send: AfterSend | None = None,
     ) -> None:
         """
         @param settings: The settings.
@@ -56,6 +58,8 @@ class DispatcherService(MultiService):
             given.
         @param log_observer: Where twistd should send the log, when this
             service becomes the root of a twistd application.
+        @param after_send: Runs the scheduler's observers once the reactor
+            has sent what it was given; made for C{clock} when not given.
         """
         super().__init__()
         self.settings = settings
@@ -81,6 +85,7 @@ class DispatcherService(MultiService):
             interrupted=Interrupted(settings.interrupted_jobs),
             ack_after=settings.ack_after,
             wake_early=DISPLAY_TIMER_LEAD,
+            after_send=AfterSend(clock) if after_send is None else after_send,
         )
         from .amqp import Broker
 
@@ -174,8 +179,12 @@ def make_service(
     from .monitoring import attach_monitoring
 
     bridge_pika_logging(settings.log_level)
-    observer = make_observer(settings.log_level, settings.log_format)
-    service = DispatcherService(settings, reactor, log_observer=observer)
+    # The log and the scheduler's observers wait for the same rounds.
+    after_send = AfterSend(reactor)
+    observer = make_observer(settings.log_level, settings.log_format, None, after_send)
+    service = DispatcherService(
+        settings, reactor, log_observer=observer, after_send=after_send
+    )
     try:
         attach_monitoring(service, reactor)
     except ConfigurationError as error:

@@ -11,10 +11,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.logger import (
-    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
@@ -27,7 +27,9 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-__all__ = ["PikaLogBridge", "bridge_pika_logging", "make_observer"]
+from .aftersend import AfterSend
+
+__all__ = ["LineWriter", "PikaLogBridge", "bridge_pika_logging", "make_observer"]
 
 _LEVELS = {
     "DEBUG": LogLevel.debug,
@@ -37,9 +39,15 @@ _LEVELS = {
     "CRITICAL": LogLevel.critical,
 }
 
+# Levels whose lines are flushed at once.
+_URGENT = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
+
 
 def make_observer(
-    level: str = "INFO", log_format: str = "text", stream: IO[str] | None = None
+    level: str = "INFO",
+    log_format: str = "text",
+    stream: IO[str] | None = None,
+    after_send: AfterSend | None = None,
 ) -> ILogObserver:
     """
     Build the observer that writes the log.
@@ -48,15 +56,67 @@ def make_observer(
     @param log_format: C{"text"} for people, C{"json"} for one JSON object a
         line.
     @param stream: Where to write; standard output by default.
+    @param after_send: When given, lines below warning level are written
+        once the reactor has sent what it was given (see L{LineWriter});
+        without it every line is written at once.
     """
     stream = stream if stream is not None else sys.stdout
-    writer: ILogObserver
-    if log_format == "json":
-        writer = JSONLinesObserver(stream)
-    else:
-        writer = FileLogObserver(stream, _ClassicText())
+    formatter: Callable[[LogEvent], str | None]
+    formatter = _json_line if log_format == "json" else _ClassicText()
+    writer = LineWriter(stream, formatter, after_send)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(writer, [predicate])
+
+
+@implementer(ILogObserver)
+class LineWriter:
+    """
+    Writes each event as the text its formatter makes of it.
+
+    A job is logged twice, and writing each line on its own is a system
+    call per line (standard output is usually unbuffered for services),
+    which costs about as much as building the line.  With a reactor, the
+    lines are kept and written together once the reactor has sent what it
+    was given (see L{AfterSend}), which is before it next waits, so nothing
+    is held while the dispatcher is idle.  Warnings and errors, and lines
+    logged while the reactor is not running (start-up and the end of a
+    stop), are written at once, with whatever was held before them.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str],
+        formatter: Callable[[LogEvent], str | None],
+        after_send: AfterSend | None = None,
+    ) -> None:
+        self._stream = stream
+        self._format = formatter
+        self._after_send = after_send
+        self._held: list[str] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        text = self._format(event)
+        if not text:
+            return
+        self._held.append(text)
+        after_send = self._after_send
+        if (
+            after_send is None
+            or event.get("log_level") in _URGENT
+            or not after_send.call(self.flush)
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """
+        Write out the lines held.
+        """
+        if self._after_send is not None:
+            self._after_send.discard(self.flush)
+        held, self._held = self._held, []
+        if held:
+            self._stream.write("".join(held))
+            self._stream.flush()
 
 
 def format_message(event: LogEvent) -> str:
@@ -104,39 +164,32 @@ class _ClassicText:
         return f"{self._time(event.get('log_time'))} [{system}] {text}\n"
 
 
-@implementer(ILogObserver)
-class JSONLinesObserver:
+def _json_line(event: LogEvent) -> str:
     """
-    Writes each event as one flat JSON object on a line: C{time},
-    C{level}, C{namespace}, C{message} (the formatted text), the event's own
-    named fields when they are plain values, and C{traceback} for failures.
-    Log collectors can read it without knowing Twisted's event format.
+    An event as one flat JSON object on a line: C{time}, C{level},
+    C{namespace}, C{message} (the formatted text), the event's own named
+    fields when they are plain values, and C{traceback} for failures.  Log
+    collectors can read it without knowing Twisted's event format.
     """
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-
-    def __call__(self, event: LogEvent) -> None:
-        level = event.get("log_level")
-        record: dict[str, Any] = {
-            "time": time.strftime(
-                "%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time()))
-            )
-            + "Z",
-            "level": level.name if level is not None else "info",
-            "namespace": event.get("log_namespace", ""),
-            "message": format_message(event),
-        }
-        for key, value in event.items():
-            if key.startswith("log_") or key in record:
-                continue
-            if isinstance(value, (str, int, float, bool)) or value is None:
-                record[key] = value
-        failure = event.get("log_failure")
-        if failure is not None:
-            record["traceback"] = failure.getTraceback()
-        self._stream.write(json.dumps(record) + "\n")
-        self._stream.flush()
+    level = event.get("log_level")
+    record: dict[str, Any] = {
+        "time": time.strftime(
+            "%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time()))
+        )
+        + "Z",
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace", ""),
+        "message": format_message(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in record:
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            record[key] = value
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record) + "\n"
 
 
 class PikaLogBridge(logging.Handler):

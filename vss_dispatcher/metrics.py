@@ -1,8 +1,9 @@
 """
-Prometheus metrics of one dispatcher.
+Prometheus metrics of one dispatcher, in Prometheus' text format (written by
+L{vss_dispatcher.exposition}).
 
 L{Metrics} observes the scheduler, the VSS display and the broker, and keeps
-its own L{CollectorRegistry}: two dispatchers in one process (as in the
+its own counters and histograms: two dispatchers in one process (as in the
 tests) never share or clash over a metric.  Values that already live in the
 dispatcher's parts (what is on screen, reconnections, the queue counts) are
 read when Prometheus scrapes rather than copied as they change.
@@ -10,23 +11,22 @@ read when Prometheus scrapes rather than copied as they change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
+from .exposition import (
+    CONTENT_TYPE,
+    ByLabel,
+    Counter,
+    Histogram,
+    family,
+    gauge,
+    label_text,
+    sample,
 )
-
 from .scheduler import Delivery, Outcome
 from .status import Dispatcher, health_problems
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 PREFIX = "vss_dispatcher"
 
@@ -56,116 +56,13 @@ PREEMPTION_BUCKETS = (
 )
 
 
-class _CurrentState:
-    """
-    The metrics read from the dispatcher's parts at scrape time.
-    """
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        """
-        @param dispatcher: Read at each scrape.
-        """
-        self._dispatcher = dispatcher
-        self.queue_counts: dict[str, int] | None = None
-
-    def describe(self) -> Iterable[Metric]:
-        """
-        The names of the metrics, for the registry to check for clashes.
-        """
-        # Names only, so that registering does not read the dispatcher.
-        return [
-            GaugeMetricFamily(f"{PREFIX}_on_screen", ""),
-            GaugeMetricFamily(f"{PREFIX}_jobs_waiting", ""),
-            GaugeMetricFamily(f"{PREFIX}_queue_messages", ""),
-            GaugeMetricFamily(f"{PREFIX}_healthy", ""),
-            GaugeMetricFamily(f"{PREFIX}_broker_consuming", ""),
-            GaugeMetricFamily(f"{PREFIX}_vss_failures_in_a_row", ""),
-            GaugeMetricFamily(f"{PREFIX}_start_time_seconds", ""),
-            CounterMetricFamily(f"{PREFIX}_broker_reconnects", ""),
-            InfoMetricFamily(f"{PREFIX}_build", ""),
-        ]
-
-    def collect(self) -> Iterator[Metric]:
-        """
-        The metrics as they are now.
-        """
-        dispatcher = self._dispatcher
-        settings = dispatcher.settings
-        queues = (settings.rabbitmq_normal_queue, settings.rabbitmq_priority_queue)
-        scheduler = dispatcher.scheduler
-
-        on_screen = GaugeMetricFamily(
-            f"{PREFIX}_on_screen",
-            "1 for the queue whose job VSS shows now, 0 for the other.",
-            labels=["queue"],
-        )
-        current: Delivery | None = scheduler.current
-        shown_queue = (
-            current.queue if current and scheduler.state == "showing" else None
-        )
-        for queue in queues:
-            on_screen.add_metric([queue], 1.0 if queue == shown_queue else 0.0)
-        yield on_screen
-
-        waiting = GaugeMetricFamily(
-            f"{PREFIX}_jobs_waiting",
-            "Jobs received from the queue and waiting their turn in the dispatcher.",
-            labels=["queue"],
-        )
-        held = {queue: 0 for queue in queues}
-        for delivery in scheduler.waiting():
-            held[delivery.queue] = held.get(delivery.queue, 0) + 1
-        for queue, count in held.items():
-            waiting.add_metric([queue], float(count))
-        yield waiting
-
-        if self.queue_counts is not None:
-            messages = GaugeMetricFamily(
-                f"{PREFIX}_queue_messages",
-                "Messages ready on the queue, as the broker counts them.",
-                labels=["queue"],
-            )
-            for queue, count in sorted(self.queue_counts.items()):
-                messages.add_metric([queue], float(count))
-            yield messages
-
-        yield GaugeMetricFamily(
-            f"{PREFIX}_healthy",
-            "1 when the broker is consumed and VSS answered the last request.",
-            value=0.0 if health_problems(dispatcher) else 1.0,
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_broker_consuming",
-            "1 while both queues are consumed.",
-            value=1.0 if dispatcher.broker.consuming else 0.0,
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_vss_failures_in_a_row",
-            "VSS requests that failed since the last one that succeeded.",
-            value=float(dispatcher.display.failures),
-        )
-        if dispatcher.started is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_start_time_seconds",
-                "When the dispatcher started, in seconds since the epoch.",
-                value=float(dispatcher.started),
-            )
-        yield CounterMetricFamily(
-            f"{PREFIX}_broker_reconnects",
-            "Times the RabbitMQ connection was opened again after the first.",
-            value=float(dispatcher.broker.reconnects),
-        )
-        build = InfoMetricFamily(f"{PREFIX}_build", "The dispatcher's version.")
-        build.add_metric([], {"version": dispatcher.version})
-        yield build
-
-
 class Metrics:
     """
     The dispatcher's metrics, updated as an observer of its scheduler, VSS
     display and broker.
 
-    @ivar registry: Holds every metric of this dispatcher and nothing else.
+    @ivar counters: The metrics counted as things happen.
+    @ivar histograms: The metrics observed as things happen.
     """
 
     def __init__(self, dispatcher: Dispatcher) -> None:
@@ -173,60 +70,65 @@ class Metrics:
         @param dispatcher: Gives the clock, the queue names, and the state
             read at scrape time.
         """
+        self._dispatcher = dispatcher
         self._clock = dispatcher.clock
-        self.registry = CollectorRegistry()
         settings = dispatcher.settings
-        queues = (settings.rabbitmq_normal_queue, settings.rabbitmq_priority_queue)
-
-        def counter(name: str, text: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(f"{PREFIX}_{name}", text, labels, registry=self.registry)
-
-        self.shown = counter(
-            "jobs_shown", "Jobs VSS accepted and put on screen.", ("queue",)
+        self._queues = (
+            settings.rabbitmq_normal_queue,
+            settings.rabbitmq_priority_queue,
         )
-        self.completed = counter(
-            "jobs_completed", "Jobs shown for their whole duration.", ("queue",)
+
+        shown = Counter(
+            f"{PREFIX}_jobs_shown", "Jobs VSS accepted and put on screen.", ("queue",)
         )
-        self.preempted = counter(
-            "jobs_preempted",
+        completed = Counter(
+            f"{PREFIX}_jobs_completed",
+            "Jobs shown for their whole duration.",
+            ("queue",),
+        )
+        preempted = Counter(
+            f"{PREFIX}_jobs_preempted",
             "Normal jobs taken off the screen by a priority job.",
             ("queue",),
         )
-        self.dead_lettered = counter(
-            "jobs_dead_lettered",
+        self._dead_lettered = Counter(
+            f"{PREFIX}_jobs_dead_lettered",
             "Messages set aside: invalid_message (unusable message) or"
             " rejected_by_vss (VSS refused the job).",
             ("queue", "reason"),
         )
-        self.retries = counter(
-            "vss_retries", "VSS requests that failed and will be retried.", ()
+        retries = Counter(
+            f"{PREFIX}_vss_retries", "VSS requests that failed and will be retried.", ()
         )
-        self.vss_latency = Histogram(
+        vss_latency = Histogram(
             f"{PREFIX}_vss_request_seconds",
             "Time VSS took to answer one request; result is accepted, rejected,"
             " transient or configuration.",
             ("result",),
-            buckets=VSS_BUCKETS,
-            registry=self.registry,
+            VSS_BUCKETS,
         )
-        self.preemption_latency = Histogram(
+        preemption_latency = Histogram(
             f"{PREFIX}_preemption_seconds",
             "Time from a priority job's arrival until VSS accepted it, including"
             " any wait behind other priority jobs.",
-            buckets=PREEMPTION_BUCKETS,
-            registry=self.registry,
+            (),
+            PREEMPTION_BUCKETS,
         )
+        self.counters = (shown, completed, preempted, self._dead_lettered, retries)
+        self.histograms = (vss_latency, preemption_latency)
 
         # Series that exist from the start, so that rates and alerts work
         # before the first event.
-        for queue in queues:
-            self.shown.labels(queue)
-            self.completed.labels(queue)
-            self.preempted.labels(queue)
+        self._shown = ByLabel(shown, self._queues)
+        self._completed = ByLabel(completed, self._queues)
+        self._preempted = ByLabel(preempted, self._queues)
+        for queue in self._queues:
             for category in DEAD_LETTER_CATEGORIES:
-                self.dead_lettered.labels(queue, category)
-        self.state = _CurrentState(dispatcher)
-        self.registry.register(self.state)
+                self._dead_lettered.child(queue, category)
+
+        self._retries = retries.child()
+        self._vss_latency = ByLabel(vss_latency)
+        self._preemption_latency = preemption_latency.child()
 
     def render(self, queue_counts: dict[str, int] | None = None) -> bytes:
         """
@@ -235,11 +137,90 @@ class Metrics:
         @param queue_counts: Messages on the broker by queue name, or
             C{None} to leave that gauge out.
         """
-        self.state.queue_counts = queue_counts
-        try:
-            return generate_latest(self.registry)
-        finally:
-            self.state.queue_counts = None
+        lines: list[str] = []
+        for metric in self.counters:
+            lines.extend(metric.lines())
+        for histogram in self.histograms:
+            lines.extend(histogram.lines())
+        lines.extend(self._current_state(queue_counts))
+        lines.append("")
+        return "\n".join(lines).encode("utf-8")
+
+    def _current_state(self, queue_counts: dict[str, int] | None) -> Iterator[str]:
+        """
+        The metrics read from the dispatcher's parts, as they are now.
+        """
+        dispatcher = self._dispatcher
+        scheduler = dispatcher.scheduler
+        by_queue = ("queue",)
+
+        current: Delivery | None = scheduler.current
+        shown_queue = (
+            current.queue if current and scheduler.state == "showing" else None
+        )
+        yield from gauge(
+            f"{PREFIX}_on_screen",
+            "1 for the queue whose job VSS shows now, 0 for the other.",
+            [
+                (label_text(by_queue, (queue,)), 1.0 if queue == shown_queue else 0.0)
+                for queue in self._queues
+            ],
+        )
+
+        held = {queue: 0 for queue in self._queues}
+        for delivery in scheduler.waiting():
+            held[delivery.queue] = held.get(delivery.queue, 0) + 1
+        yield from gauge(
+            f"{PREFIX}_jobs_waiting",
+            "Jobs received from the queue and waiting their turn in the dispatcher.",
+            [(label_text(by_queue, (queue,)), count) for queue, count in held.items()],
+        )
+
+        if queue_counts is not None:
+            yield from gauge(
+                f"{PREFIX}_queue_messages",
+                "Messages ready on the queue, as the broker counts them.",
+                [
+                    (label_text(by_queue, (queue,)), count)
+                    for queue, count in sorted(queue_counts.items())
+                ],
+            )
+
+        yield from gauge(
+            f"{PREFIX}_healthy",
+            "1 when the broker is consumed and VSS answered the last request.",
+            [("", 0.0 if health_problems(dispatcher) else 1.0)],
+        )
+        yield from gauge(
+            f"{PREFIX}_broker_consuming",
+            "1 while both queues are consumed.",
+            [("", 1.0 if dispatcher.broker.consuming else 0.0)],
+        )
+        yield from gauge(
+            f"{PREFIX}_vss_failures_in_a_row",
+            "VSS requests that failed since the last one that succeeded.",
+            [("", dispatcher.display.failures)],
+        )
+        if dispatcher.started is not None:
+            yield from gauge(
+                f"{PREFIX}_start_time_seconds",
+                "When the dispatcher started, in seconds since the epoch.",
+                [("", dispatcher.started)],
+            )
+
+        reconnects = f"{PREFIX}_broker_reconnects_total"
+        yield from family(
+            reconnects,
+            "counter",
+            "Times the RabbitMQ connection was opened again after the first.",
+        )
+        yield sample(reconnects, "", dispatcher.broker.reconnects)
+
+        yield from gauge(
+            f"{PREFIX}_build_info",
+            "The dispatcher's version.",
+            [(label_text(("version",), (dispatcher.version,)), 1.0)],
+        )
 
     def display_sending(self, delivery: Delivery) -> None:
         """
@@ -251,10 +232,10 @@ class Metrics:
         """
         Count a job shown and, for a priority job, how long it took.
         """
-        self.shown.labels(delivery.queue).inc()
+        self._shown[delivery.queue].inc()
         if delivery.priority:
             waited = self._clock.seconds() - delivery.received
-            self.preemption_latency.observe(max(0.0, waited))
+            self._preemption_latency.observe(max(0.0, waited))
 
     def display_ended(
         self, delivery: Delivery, outcome: Outcome, planned: float, actual: float
@@ -263,21 +244,21 @@ class Metrics:
         Count a job completed or preempted.
         """
         if outcome is Outcome.COMPLETED:
-            self.completed.labels(delivery.queue).inc()
+            self._completed[delivery.queue].inc()
         elif outcome is Outcome.PREEMPTED:
-            self.preempted.labels(delivery.queue).inc()
+            self._preempted[delivery.queue].inc()
 
     def vss_answered(self, seconds: float, result: str) -> None:
         """
         Time one VSS request under its result.
         """
-        self.vss_latency.labels(result).observe(seconds)
+        self._vss_latency[result].observe(seconds)
 
     def vss_retrying(self, failures: int, delay: float, reason: str) -> None:
         """
         Count a retry.
         """
-        self.retries.inc()
+        self._retries.inc()
 
     def broker_connected(self) -> None:
         """
@@ -301,4 +282,4 @@ class Metrics:
         """
         Count a message set aside.
         """
-        self.dead_lettered.labels(queue, category).inc()
+        self._dead_lettered.child(queue, category).inc()

@@ -12,6 +12,7 @@ treats "connected and set up" as the only success.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,29 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["ReconnectingClient", "client_endpoint"]
+__all__ = ["ReconnectingClient", "backoff", "client_endpoint"]
+
+
+def backoff(
+    first: float,
+    longest: float,
+    factor: float = 2.0,
+    jitter: Callable[[], float] = random.random,
+) -> Callable[[int], float]:
+    """
+    Delays that grow by C{factor} from C{first} up to C{longest}, each with
+    up to a second of jitter added, so that dispatchers cut off together
+    do not all reconnect at the same instant.
+
+    @return: The delay in seconds after a given number of failed attempts
+        in a row.
+    """
+
+    def delay_for_attempt(attempt: int) -> float:
+        # Past about 64 doublings every delay is the longest anyway.
+        return min(first * factor ** min(attempt, 64), longest) + jitter()
+
+    return delay_for_attempt
 
 
 def client_endpoint(
@@ -104,8 +127,7 @@ class ReconnectingClient(Service):
             its L{Deferred} fires and fails when it fails.  Cancelling it
             must abandon the set-up.
         @param delay_for_attempt: Seconds to wait after the given number of
-            failed attempts in a row, for example from
-            L{twisted.application.internet.backoffPolicy}.
+            failed attempts in a row, for example from L{backoff}.
         @param clock: The reactor.
         @param name: What is being connected to, for the log.
         """

@@ -16,6 +16,11 @@ At any moment it is in one of three states:
 Priority jobs go before normal ones.  A priority job that arrives while a
 normal job is being sent or shown preempts it at once: the pending request or
 the DelayedCall is cancelled and the priority job is sent.
+
+Observers (the status page, the metrics, the play log) hear of each change
+in the order the changes happened.  Under the dispatcher they hear of them
+once the reactor has sent what the change produced, so that acknowledging a
+job and sending the next one never wait for them.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .aftersend import AfterSend
 from .message import Job
 
 __all__ = [
@@ -157,6 +163,7 @@ class Scheduler:
         ack_after: float = 600.0,
         wake_early: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        after_send: AfterSend | None = None,
     ) -> None:
         """
         @param clock: Where time comes from.
@@ -177,6 +184,12 @@ class Scheduler:
             milliseconds), which would lengthen every display; two
             milliseconds early and a short sleep end it on time.
         @param sleep: Waits a fraction of a second, blocking.
+        @param after_send: When given, the observers are told, and the
+            "Showing" line logged, once the reactor has sent what it was
+            given, rather than at once, in the same order.  The
+            acknowledgement of a finished job and the request for the next
+            one then leave without waiting for them, and the observers run
+            while the dispatcher waits for the next message from the broker.
         """
         self._clock = clock
         self._display = display
@@ -186,6 +199,7 @@ class Scheduler:
         self._ack_after = ack_after
         self._wake_early = wake_early
         self._sleep = sleep
+        self._after_send = after_send
 
         self._state = _State.IDLE
         self._priority: deque[Delivery] = deque()
@@ -194,6 +208,7 @@ class Scheduler:
         self._timer: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
         self._advancing = False
+        self._told: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self.current: Delivery | None = None
         self.since = 0.0
         self.observers: list[SchedulerObserver] = []
@@ -247,10 +262,13 @@ class Scheduler:
         else:
             shown_for = self._clock.seconds() - self.since
             self._cancel_timers()
-            for observer in self.observers:
-                observer.display_ended(
-                    current, Outcome.PREEMPTED, current.remaining, shown_for
-                )
+            self._tell(
+                self._display_ended,
+                current,
+                Outcome.PREEMPTED,
+                current.remaining,
+                shown_for,
+            )
             if self._interrupted is Interrupted.DROP:
                 self.log.info(
                     "Priority job interrupts {image} after {seconds:.3f} s;"
@@ -295,8 +313,7 @@ class Scheduler:
         job = delivery.job
         if delivery.remaining != job.duration:
             job = replace(job, duration=delivery.remaining)
-        for observer in self.observers:
-            observer.display_sending(delivery)
+        self._tell(self._display_sending, delivery)
 
         sending = self._display(job, delivery.priority)
         if self.current is delivery and self._state is _State.SENDING:
@@ -325,14 +342,7 @@ class Scheduler:
                 self._ack_timer = self._clock.callLater(
                     self._ack_after, self._acknowledge_early, delivery
                 )
-        self.log.info(
-            "Showing {image} from {queue} for {seconds:g} s",
-            queue=delivery.queue,
-            image=delivery.job.image_path,
-            seconds=delivery.remaining,
-        )
-        for observer in self.observers:
-            observer.display_started(delivery)
+        self._tell(self._display_started, delivery, delivery.remaining)
 
         if delivery.remaining <= 0:
             self._finished(delivery)
@@ -354,8 +364,9 @@ class Scheduler:
                 image=delivery.job.image_path,
             )
             reason = f"internal error: {failure.getErrorMessage()}"
-        for observer in self.observers:
-            observer.display_ended(delivery, Outcome.FAILED, delivery.remaining, 0.0)
+        self._tell(
+            self._display_ended, delivery, Outcome.FAILED, delivery.remaining, 0.0
+        )
         if not delivery.settled:
             delivery.settled = True
             self._reject(delivery, reason)
@@ -378,9 +389,8 @@ class Scheduler:
         shown_for = self._clock.seconds() - self.since
         self.current = None
         self._state = _State.IDLE
-        for observer in self.observers:
-            observer.display_ended(delivery, Outcome.COMPLETED, planned, shown_for)
         self._settle_once(delivery)
+        self._tell(self._display_ended, delivery, Outcome.COMPLETED, planned, shown_for)
         self._advance()
 
     def _acknowledge_early(self, delivery: Delivery) -> None:
@@ -392,6 +402,49 @@ class Scheduler:
             seconds=self._ack_after,
         )
         self._settle_once(delivery)
+
+    def _tell(self, event: Callable[..., None], *details: Any) -> None:
+        """
+        Pass an event to the observers, now or once the reactor has sent
+        what it was given.
+        """
+        if self._after_send is None:
+            event(*details)
+            return
+        self._told.append((event, details))
+        if not self._after_send.call(self.tell_observers):
+            self.tell_observers()
+
+    def tell_observers(self) -> None:
+        """
+        Pass every event still held to the observers, in order.
+        """
+        if self._after_send is not None:
+            self._after_send.discard(self.tell_observers)
+        told = self._told
+        while told:
+            event, details = told.popleft()
+            event(*details)
+
+    def _display_sending(self, delivery: Delivery) -> None:
+        for observer in self.observers:
+            observer.display_sending(delivery)
+
+    def _display_started(self, delivery: Delivery, seconds: float) -> None:
+        self.log.info(
+            "Showing {image} from {queue} for {seconds:g} s",
+            queue=delivery.queue,
+            image=delivery.job.image_path,
+            seconds=seconds,
+        )
+        for observer in self.observers:
+            observer.display_started(delivery)
+
+    def _display_ended(
+        self, delivery: Delivery, outcome: Outcome, planned: float, actual: float
+    ) -> None:
+        for observer in self.observers:
+            observer.display_ended(delivery, outcome, planned, actual)
 
     def _settle_once(self, delivery: Delivery) -> None:
         if not delivery.settled:
@@ -418,6 +471,7 @@ class Scheduler:
         it came on is gone and the broker will deliver it again.  A job on
         screen that was already settled stays on screen to the end.
         """
+        self.tell_observers()
         self._priority = deque(d for d in self._priority if d.settled)
         self._normal = deque(d for d in self._normal if d.settled)
         current = self.current
@@ -433,6 +487,7 @@ class Scheduler:
         Stop for good: cancel the pending request and the running display and
         settle nothing more, so the broker keeps every unfinished job.
         """
+        self.tell_observers()
         self._state = _State.STOPPED
         self.current = None
         self._cancel_sending()

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from .config import Settings
+from .http import REQUEST_OPTIONS
 from .imaging import Geometry, ImageConverter, ImageUnavailable, UnreadableImage
 from .message import Job
 from .scheduler import JobRejected
@@ -208,7 +209,7 @@ class VisionectBackend:
             }
         )
         request = self._client.put(
-            self._url, data=body, headers=headers, allow_redirects=False
+            self._url, data=body, headers=headers, **REQUEST_OPTIONS
         )
         return with_timeout(request, self._timeout, self._clock, self._read_answer)
 

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from .http import prepared_url
+from .http import REQUEST_OPTIONS, prepared_url
 from .message import Job
 from .scheduler import JobRejected
 
@@ -151,10 +151,7 @@ class DisplayAPI:
             }
         ).encode("utf-8")
         request = self._client.post(
-            self._url,
-            data=body,
-            headers=self._headers,
-            allow_redirects=False,
+            self._url, data=body, headers=self._headers, **REQUEST_OPTIONS
         )
         return with_timeout(request, self._timeout, self._clock, self._read_answer)
 
