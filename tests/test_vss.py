@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from vss_dispatcher.http import make_http_client
+from vss_dispatcher.http import make_http_client, prepared_url
 from vss_dispatcher.message import Job
 from vss_dispatcher.scheduler import JobRejected
 from vss_dispatcher.vss import (
@@ -449,6 +449,23 @@ class RealSocketTests(TestCase):
         self.assertEqual(first_port, second_port)
         self.assertIsNone(first_cookie)
         self.assertIsNone(second_cookie)
+
+
+class PreparedURLTests(SynchronousTestCase):
+    """
+    The VSS URL is encoded and written out once, not for every request.
+    """
+
+    def test_encoded_once_and_reused(self) -> None:
+        """
+        A host name outside ASCII is in its IDNA form, the URL is its own
+        wire form, and its text is the same string on every request.
+        """
+        url = prepared_url("http://b\u00fccher.example:8080/vss/display")
+        self.assertIs(url.to_uri(), url)
+        text = url.to_text()
+        self.assertEqual(text, "http://xn--bcher-kva.example:8080/vss/display")
+        self.assertIs(url.to_text(), text)
 
 
 class RetryTests(VSSTestCase):

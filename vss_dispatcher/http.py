@@ -64,11 +64,18 @@ REQUEST_OPTIONS: dict[str, Any] = {
 class _SendableURL(EncodedURL):
     """
     A URL already in the form that goes on the wire, so that treq does not
-    encode it again for every request.
+    encode it again, nor write it out again as text, for every request.
     """
 
     def to_uri(self) -> _SendableURL:
         return self
+
+    def to_text(self, with_password: bool = False) -> str:
+        key = "_text_with_password" if with_password else "_text"
+        text: str | None = self.__dict__.get(key)
+        if text is None:
+            text = self.__dict__[key] = super().to_text(with_password)
+        return text
 
 
 def prepared_url(text: str) -> EncodedURL:
