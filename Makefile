@@ -2,6 +2,7 @@
 #   make run    the dispatcher and the VSS emulator against the local RabbitMQ
 #   make test   the whole test suite (needs RabbitMQ on 127.0.0.1:5672)
 #   make bench  the benchmark against a minimal reference consumer
+#   make bench-instructions  instructions per job under valgrind, both sides
 #   make lint   ruff, black and mypy
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench bench-smoke lint clean
+.PHONY: venv run test bench bench-smoke bench-instructions lint clean
 
 venv: $(STAMP)
 
@@ -32,6 +33,9 @@ bench: venv
 
 bench-smoke: venv
 	$(BIN)/python benchmarks/run.py --smoke $(BENCH_ARGS)
+
+bench-instructions: venv
+	$(BIN)/python benchmarks/instructions.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check vss_dispatcher tests twisted benchmarks
