@@ -10,12 +10,18 @@ import json
 import logging
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel, LogPublisher, globalLogPublisher
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    LogPublisher,
+    PredicateResult,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from vss_dispatcher.aftersend import AfterSend
-from vss_dispatcher.logs import bridge_pika_logging, make_observer
+from vss_dispatcher.logs import AtLeast, bridge_pika_logging, make_observer
 
 
 class ObserverTests(SynchronousTestCase):
@@ -97,6 +103,30 @@ class RunningClock(Clock):
     """
 
     running = True
+
+
+class AtLeastTests(SynchronousTestCase):
+    """
+    The level filter behind LOG_LEVEL.
+    """
+
+    def test_levels(self) -> None:
+        """
+        Events at the level and above pass on, in any namespace; events
+        below it, and events without a level or namespace, do not.
+        """
+        levels = list(LogLevel.iterconstants())
+        for threshold in levels:
+            allow = AtLeast(threshold)
+            for level in levels:
+                event = {"log_level": level, "log_namespace": "pika.connection"}
+                expected = (
+                    PredicateResult.maybe if level >= threshold else PredicateResult.no
+                )
+                self.assertIs(allow(event), expected, (threshold, level))
+        allow = AtLeast(LogLevel.debug)
+        self.assertIs(allow({"log_namespace": "x"}), PredicateResult.no)
+        self.assertIs(allow({"log_level": LogLevel.error}), PredicateResult.no)
 
 
 class FlushTests(SynchronousTestCase):

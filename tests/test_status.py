@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from treq.client import HTTPClient
@@ -53,6 +55,7 @@ from vss_dispatcher.status import (
     Timeline,
     health_problems,
     image_file,
+    iso_time,
     status_document,
     status_line,
 )
@@ -1298,3 +1301,36 @@ class RealBrokerTests(LiveDispatcher):
                 == 1.0
             )
         )
+
+
+class IsoTimeTests(SynchronousTestCase):
+    """
+    L{iso_time} writes the times of the status page and the play log.
+    """
+
+    def slow(self, seconds: float) -> str:
+        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def test_known_times(self) -> None:
+        """
+        UTC, with milliseconds cut (not rounded) and a Z.
+        """
+        self.assertEqual(iso_time(EPOCH), "2026-01-01T00:00:00.000Z")
+        self.assertEqual(iso_time(EPOCH + 61.2349), "2026-01-01T00:01:01.234Z")
+        self.assertEqual(iso_time(EPOCH - 0.5), "2025-12-31T23:59:59.500Z")
+        self.assertIsNone(iso_time(None))
+
+    def test_same_as_datetime(self) -> None:
+        """
+        Whatever order times come in, across second boundaries and where the
+        microseconds round up to the next second, the text is the one
+        datetime writes.
+        """
+        rng = random.Random(7)
+        times = [rng.uniform(0, 4e9) for _ in range(2000)]
+        edges = [0.9999995, 0.0005, 0.0004999, 0.9994999, 0.1234565, 0.0]
+        times += [float(int(t)) + edge for t in times[:500] for edge in edges]
+        times += [-1.25, -0.0000004, 1e10 + 0.9999999]
+        for seconds in times:
+            self.assertEqual(iso_time(seconds), self.slow(seconds), seconds)

@@ -35,7 +35,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from vss_dispatcher.http import make_http_client, prepared_url
+from vss_dispatcher.http import (
+    BytesBody,
+    make_http_client,
+    prepared_url,
+)
 from vss_dispatcher.message import Job
 from vss_dispatcher.scheduler import JobRejected
 from vss_dispatcher.vss import (
@@ -449,6 +453,84 @@ class RealSocketTests(TestCase):
         self.assertEqual(first_port, second_port)
         self.assertIsNone(first_cookie)
         self.assertIsNone(second_cookie)
+
+    async def test_body_sent_whole(self) -> None:
+        """
+        The dispatcher's own client sends the job's JSON with its length,
+        to the display path under the base URL.
+        """
+        vss = BodyEchoVSS()
+        site = Site(vss)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client, pool = make_http_client(reactor, 5)
+        self.addCleanup(pool.closeCachedConnections)
+        base = f"http://127.0.0.1:{port.getHost().port}/vss"
+        api = DisplayAPI(client, base, 5, reactor)
+
+        await api.attempt(JOB, True)
+
+        [(path, length, body)] = vss.seen
+        self.assertEqual(path, b"/vss/display")
+        self.assertEqual(length, [str(len(body)).encode()])
+        self.assertEqual(
+            json.loads(body),
+            {
+                "image_path": "lobby/welcome.png",
+                "duration": 12.5,
+                "message_id": "welcome-1",
+                "priority": True,
+            },
+        )
+
+
+class BodyEchoVSS(Resource):
+    """
+    Records the path, declared length and body of each request.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, list[bytes] | None, bytes]] = []
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        self.seen.append(
+            (
+                request.path,
+                request.requestHeaders.getRawHeaders(b"content-length"),
+                request.content.read(),
+            )
+        )
+        return b"accepted"
+
+
+class BytesBodyTests(SynchronousTestCase):
+    """
+    L{BytesBody} writes its bytes at once.
+    """
+
+    def test_written_when_started(self) -> None:
+        """
+        Its length is known beforehand, and starting it writes everything
+        and finishes at once.
+        """
+        body = BytesBody(b'{"image_path": "a.png"}')
+        self.assertEqual(body.length, 23)
+        written: list[bytes] = []
+
+        class Consumer:
+            def write(self, data: bytes) -> None:
+                written.append(data)
+
+        self.assertIsNone(self.successResultOf(body.startProducing(Consumer())))
+        self.assertEqual(written, [b'{"image_path": "a.png"}'])
+        body.pauseProducing()
+        body.resumeProducing()
+        body.stopProducing()
 
 
 class PreparedURLTests(SynchronousTestCase):

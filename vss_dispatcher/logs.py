@@ -14,13 +14,15 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from constantly import NamedConstant
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     Logger,
     LogLevel,
-    LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
@@ -29,7 +31,13 @@ from zope.interface import implementer
 
 from .aftersend import AfterSend
 
-__all__ = ["LineWriter", "PikaLogBridge", "bridge_pika_logging", "make_observer"]
+__all__ = [
+    "AtLeast",
+    "LineWriter",
+    "PikaLogBridge",
+    "bridge_pika_logging",
+    "make_observer",
+]
 
 _LEVELS = {
     "DEBUG": LogLevel.debug,
@@ -64,8 +72,26 @@ def make_observer(
     formatter: Callable[[LogEvent], str | None]
     formatter = _json_line if log_format == "json" else _ClassicText()
     writer = LineWriter(stream, formatter, after_send)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
-    return FilteringLogObserver(writer, [predicate])
+    return FilteringLogObserver(writer, [AtLeast(_LEVELS[level])])
+
+
+@implementer(ILogFilterPredicate)
+class AtLeast:
+    """
+    Lets through the events of C{level} and above, whatever their namespace;
+    the same choice as Twisted's L{LogLevelFilterPredicate} with only a
+    default level, in a set lookup.
+    """
+
+    def __init__(self, level: NamedConstant) -> None:
+        self._levels = frozenset(
+            known for known in LogLevel.iterconstants() if known >= level
+        )
+
+    def __call__(self, event: LogEvent) -> NamedConstant:
+        if event.get("log_level") in self._levels and event.get("log_namespace"):
+            return PredicateResult.maybe
+        return PredicateResult.no
 
 
 @implementer(ILogObserver)

@@ -11,6 +11,7 @@ and L{vss_dispatcher.sdnotify}.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -75,8 +76,42 @@ def iso_time(seconds: float | None) -> str | None:
     """
     if seconds is None:
         return None
+    return _iso_times(seconds)
+
+
+class _IsoTimes:
+    """
+    Writes times as L{iso_time} does, working out the date and time of day
+    once a second: the play log writes two times for every display.
+    """
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._stamp = ""
+
+    def __call__(self, seconds: float) -> str:
+        # Rounded to the microsecond first, then cut to the millisecond, as
+        # datetime does.
+        fraction, whole = math.modf(seconds)
+        micros = round(fraction * 1_000_000)
+        if micros >= 1_000_000:
+            whole += 1
+            micros -= 1_000_000
+        if micros < 0:
+            return _slow_iso_time(seconds)
+        second = int(whole)
+        if second != self._second or not self._stamp:
+            moment = datetime.fromtimestamp(second, tz=timezone.utc)
+            self._second, self._stamp = second, moment.strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._stamp}.{micros // 1000:03d}Z"
+
+
+def _slow_iso_time(seconds: float) -> str:
     moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_iso_times = _IsoTimes()
 
 
 def health_problems(dispatcher: Dispatcher) -> list[str]:
