@@ -6,6 +6,7 @@ behind.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -21,6 +22,7 @@ from vss_dispatcher.scheduler import (
     JobRejected,
     Outcome,
     Scheduler,
+    sleep_precisely,
 )
 from vss_dispatcher.vss import RetryingDisplay, TransientFailure
 
@@ -40,16 +42,18 @@ class DisplayRequest:
         self.job = job
         self.priority = priority
         self.cancelled = False
-        self.deferred: Deferred[None] = Deferred(self._cancel)
+        self.deferred: Deferred[float | None] = Deferred(self._cancel)
 
-    def _cancel(self, deferred: Deferred[None]) -> None:
+    def _cancel(self, deferred: Deferred[float | None]) -> None:
         self.cancelled = True
 
-    def accept(self) -> None:
+    def accept(self, answered: float | None = None) -> None:
         """
         Answer as VSS does once the image is on screen.
+
+        @param answered: When VSS's answer arrived, if the display knows.
         """
-        self.deferred.callback(None)
+        self.deferred.callback(answered)
 
 
 class FakeDisplay:
@@ -61,7 +65,7 @@ class FakeDisplay:
     def __init__(self) -> None:
         self.requests: list[DisplayRequest] = []
 
-    def __call__(self, job: Job, priority: bool) -> Deferred[None]:
+    def __call__(self, job: Job, priority: bool) -> Deferred[float | None]:
         request = DisplayRequest(job, priority)
         self.requests.append(request)
         return request.deferred
@@ -984,3 +988,80 @@ class TimerPrecisionTests(SynchronousTestCase):
         clock.advance(1.5)
         self.assertEqual(sleeps, [])
         self.assertEqual(len(settled), 1)
+
+
+class AnswerTimeTests(SchedulerTestCase):
+    """
+    A display is counted from the moment VSS answered, as the display
+    reports it, not from when the answer reached the scheduler.
+    """
+
+    def test_counted_from_the_answer(self) -> None:
+        """
+        An answer that arrived half a second before the scheduler heard of
+        it ends the display half a second earlier, and is the time the
+        display is on screen since.
+        """
+        self.clock.advance(10)
+        delivery = self.deliver("a.png", 5)
+        self.pending().accept(answered=9.5)
+        self.assertEqual(self.scheduler.since, 9.5)
+
+        self.clock.advance(4.4)
+        self.assertEqual(self.settled, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.settled, [delivery])
+
+    def test_answer_from_the_future_counts_as_now(self) -> None:
+        """
+        A time later than the clock's (a clock stepped back, say) never
+        lengthens the display.
+        """
+        self.clock.advance(10)
+        delivery = self.deliver("a.png", 5)
+        self.pending().accept(answered=12.0)
+        self.assertEqual(self.scheduler.since, 10.0)
+        self.clock.advance(5)
+        self.assertEqual(self.settled, [delivery])
+
+    def test_early_acknowledgement_counted_from_the_answer(self) -> None:
+        """
+        The acknowledgement of a long display is also due ACK_AFTER seconds
+        after VSS answered.
+        """
+        self.build(ack_after=60)
+        self.clock.advance(10)
+        delivery = self.deliver("a.png", 120)
+        self.pending().accept(answered=9.0)
+        self.clock.advance(58.9)
+        self.assertEqual(self.settled, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.settled, [delivery])
+        self.clock.advance(60)
+        self.assertEqual(self.settled, [delivery])
+
+
+class SleepPreciselyTests(SynchronousTestCase):
+    """
+    L{sleep_precisely}, the wait at the end of a display.
+    """
+
+    def test_never_returns_early(self) -> None:
+        """
+        Whether the wait is shorter or longer than the part spent watching
+        the clock, it lasts at least as long as asked.
+        """
+        for seconds in (0.00005, 0.0002, 0.0015):
+            started = time.perf_counter()
+            sleep_precisely(seconds)
+            self.assertGreaterEqual(time.perf_counter() - started, seconds)
+
+    def test_nothing_to_wait(self) -> None:
+        """
+        Zero or a negative time returns at once, without sleeping.
+        """
+        slept: list[float] = []
+        self.patch(time, "sleep", slept.append)
+        sleep_precisely(0)
+        sleep_precisely(-1)
+        self.assertEqual(slept, [])

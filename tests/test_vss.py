@@ -30,7 +30,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, ResponseNeverReceived
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -92,29 +92,28 @@ class ScriptedVSS(Resource):
         return body
 
 
-@implementer(IBodyProducer)
-class BytesProducer:
+class SlowBodyVSS(Resource):
     """
-    A request body written at once, so that requests through
-    L{RequestTraversalAgent} complete without a reactor.
+    Answers 200 with the first part of the body at once and the rest only
+    when told to.
     """
 
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
+    isLeaf = True
 
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Request] = []
 
-    def pauseProducing(self) -> None:
-        pass
+    def render(self, request: Request) -> Any:
+        request.setResponseCode(200)
+        request.write(b"accepted, ")
+        self.pending.append(request)
+        return NOT_DONE_YET
 
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+    def finish(self) -> None:
+        for request in self.pending:
+            request.write(b"on screen")
+            request.finish()
 
 
 @implementer(IAgent)
@@ -247,10 +246,8 @@ class DisplayAPITests(VSSTestCase):
         the image path, duration, message id and priority.
         """
         vss = ScriptedVSS([(200, b"ok")])
-        self.assertIsNone(
-            self.successResultOf(
-                self.api(vss, "http://vss.example:8080/").attempt(JOB, True)
-            )
+        self.successResultOf(
+            self.api(vss, "http://vss.example:8080/").attempt(JOB, True)
         )
 
         [(method, path, content_type, body)] = vss.requests
@@ -290,11 +287,33 @@ class DisplayAPITests(VSSTestCase):
 
     def test_success_statuses(self) -> None:
         """
-        Every 2xx answer means VSS accepted the job.
+        Every 2xx answer means VSS accepted the job, and the attempt gives
+        the time the answer arrived.
         """
+        self.clock.advance(1000)
         for status in (200, 201, 202, 204, 299):
             vss = ScriptedVSS([(status, b"")])
-            self.assertIsNone(self.successResultOf(self.api(vss).attempt(JOB, False)))
+            self.assertEqual(
+                self.successResultOf(self.api(vss).attempt(JOB, False)), 1000.0
+            )
+
+    def test_answer_time_is_its_arrival(self) -> None:
+        """
+        The time given is when the status line and headers arrived, not
+        when the rest of the body did.
+        """
+        vss = SlowBodyVSS()
+        stub = StubTreq(vss)
+        attempt = DisplayAPI(stub, "http://vss.example", 30, self.clock).attempt(
+            JOB, False
+        )
+        stub.flush()
+        self.assertNoResult(attempt)
+
+        self.clock.advance(3)
+        vss.finish()
+        stub.flush()
+        self.assertEqual(self.successResultOf(attempt), 0.0)
 
     def test_refusal_statuses(self) -> None:
         """
@@ -567,7 +586,7 @@ class RetryTests(VSSTestCase):
         self.assertEqual(
             list(self.waits()), [1, 2, 4, 8, 16, 30, 30, 30, 30, 30, 30, 30]
         )
-        self.assertIsNone(self.successResultOf(showing))
+        self.assertEqual(self.successResultOf(showing), 241.0)
         self.assertEqual(len(vss.requests), 13)
 
     def test_backoff_starts_at_retry_delay(self) -> None:
@@ -610,7 +629,7 @@ class RetryTests(VSSTestCase):
             [ConnectionRefusedError(), DNSLookupError("vss.example"), ConnectionLost()],
             RequestTraversalAgent(vss),
         )
-        client = HTTPClient(agent, data_to_body_producer=BytesProducer)
+        client = HTTPClient(agent, data_to_body_producer=BytesBody)
         api = DisplayAPI(client, "http://vss.example:8080", 30, self.clock)
         display = self.retrying(api)
         showing = display.show(JOB, False)

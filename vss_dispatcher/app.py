@@ -25,7 +25,8 @@ from .vss import DisplayAPI, DisplayBackend, RetryingDisplay
 __all__ = ["DispatcherService", "make_service"]
 
 # The reactor's poll counts whole milliseconds and so wakes up to one late;
-# display timers fire this much early and the scheduler sleeps the rest.
+# display timers fire this much early and the scheduler waits out the rest
+# (scheduler.sleep_precisely).
 DISPLAY_TIMER_LEAD = 0.002
 
 

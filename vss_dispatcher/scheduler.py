@@ -47,6 +47,7 @@ __all__ = [
     "Outcome",
     "Scheduler",
     "SchedulerObserver",
+    "sleep_precisely",
 ]
 
 
@@ -156,21 +157,23 @@ class Scheduler:
     def __init__(
         self,
         clock: IReactorTime,
-        display: Callable[[Job, bool], Deferred[None]],
+        display: Callable[[Job, bool], Deferred[float | None]],
         settle: Callable[[Delivery], None],
         reject: Callable[[Delivery, str], None],
         interrupted: Interrupted = Interrupted.DROP,
         ack_after: float = 600.0,
         wake_early: float = 0.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         after_send: AfterSend | None = None,
     ) -> None:
         """
         @param clock: Where time comes from.
         @param display: Sends a job to VSS: called with the job and whether
             it is a priority job, it returns a L{Deferred} that fires when
-            VSS accepted it, fails with L{JobRejected} when VSS never will,
-            and stops what it does when cancelled.
+            VSS accepted it (with the time VSS's answer arrived, on
+            C{clock}, or C{None} for "now"), fails with L{JobRejected} when
+            VSS never will, and stops what it does when cancelled.  The
+            display is counted from the time VSS answered.
         @param settle: Acknowledges a delivery; called once per delivery.
         @param reject: Sets a delivery aside with a reason; called instead of
             C{settle} for a job VSS refuses.
@@ -183,7 +186,8 @@ class Scheduler:
             reactor wakes up to a millisecond late (its poll counts whole
             milliseconds), which would lengthen every display; two
             milliseconds early and a short sleep end it on time.
-        @param sleep: Waits a fraction of a second, blocking.
+        @param sleep: Waits a fraction of a second, blocking;
+            L{sleep_precisely} when not given.
         @param after_send: When given, the observers are told, and the
             "Showing" line logged, once the reactor has sent what it was
             given, rather than at once, in the same order.  The
@@ -198,13 +202,13 @@ class Scheduler:
         self._interrupted = interrupted
         self._ack_after = ack_after
         self._wake_early = wake_early
-        self._sleep = sleep
+        self._sleep = sleep_precisely if sleep is None else sleep
         self._after_send = after_send
 
         self._state = _State.IDLE
         self._priority: deque[Delivery] = deque()
         self._normal: deque[Delivery] = deque()
-        self._sending: Deferred[None] | None = None
+        self._sending: Deferred[float | None] | None = None
         self._timer: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
         self._advancing = False
@@ -319,28 +323,32 @@ class Scheduler:
         if self.current is delivery and self._state is _State.SENDING:
             self._sending = sending
         sending.addCallbacks(
-            lambda _: self._accepted(delivery),
+            lambda answered: self._accepted(delivery, answered),
             lambda failure: self._failed(delivery, failure),
         )
 
-    def _accepted(self, delivery: Delivery) -> None:
+    def _accepted(self, delivery: Delivery, answered: float | None) -> None:
         if self.current is not delivery or self._state is not _State.SENDING:
             return
         self._sending = None
         self._state = _State.SHOWING
-        self.since = self._clock.seconds()
+        now = self._clock.seconds()
+        self.since = now if answered is None else min(answered, now)
         # The timers start before the log line and the observers run, so
         # that their work does not lengthen the display.
         if delivery.remaining > 0:
+            deadline = self.since + delivery.remaining
             self._timer = self._clock.callLater(
-                max(0.0, delivery.remaining - self._wake_early),
+                max(0.0, deadline - now - self._wake_early),
                 self._on_time,
                 delivery,
-                self.since + delivery.remaining,
+                deadline,
             )
             if not delivery.settled and delivery.remaining > self._ack_after:
                 self._ack_timer = self._clock.callLater(
-                    self._ack_after, self._acknowledge_early, delivery
+                    max(0.0, self.since + self._ack_after - now),
+                    self._acknowledge_early,
+                    delivery,
                 )
         self._tell(self._display_started, delivery, delivery.remaining)
 
@@ -494,6 +502,24 @@ class Scheduler:
         self._cancel_timers()
         self._priority.clear()
         self._normal.clear()
+
+
+# The system's sleep ends up to a few tenths of a millisecond late; this last
+# part of a wait is spent watching the clock instead.
+_WATCHED = 0.0003
+
+
+def sleep_precisely(seconds: float) -> None:
+    """
+    Block for C{seconds}, a few milliseconds at most, and return within a
+    few microseconds of that time rather than whenever the system wakes the
+    process up.
+    """
+    until = time.perf_counter() + seconds
+    if seconds > _WATCHED:
+        time.sleep(seconds - _WATCHED)
+    while time.perf_counter() < until:
+        pass
 
 
 def _cancel(timer: IDelayedCall | None) -> None:

@@ -45,7 +45,7 @@ from .vss import (
     ConfigurationFault,
     TransientFailure,
     classify_status,
-    excerpt_of,
+    read_answer,
     with_timeout,
 )
 
@@ -157,14 +157,14 @@ class VisionectBackend:
     def __repr__(self) -> str:
         return f"VisionectBackend(url={self._url!r}, api_key={self._api_key!r})"
 
-    def attempt(self, job: Job, priority: bool) -> Deferred[None]:
+    def attempt(self, job: Job, priority: bool) -> Deferred[float]:
         """
         Convert the job's image and push it to the devices once.
 
-        @return: A L{Deferred} that fires when VSS accepted the image, or
-            fails with L{TransientFailure}, L{ConfigurationFault} or
-            L{JobRejected}.  Cancelling it abandons the conversion (the
-            caller is answered at once) or the request.
+        @return: A L{Deferred} that fires when VSS accepted the image, with
+            the time its answer arrived, or fails with L{TransientFailure},
+            L{ConfigurationFault} or L{JobRejected}.  Cancelling it abandons
+            the conversion (the caller is answered at once) or the request.
         """
         if job.resolved_path is None:
             return fail(
@@ -175,7 +175,7 @@ class VisionectBackend:
             )
         converting = self.images.png_for(job.resolved_path)
         converting.addErrback(self._conversion_failed, job)
-        sending: Deferred[None] = converting.addCallback(self._send)
+        sending: Deferred[float] = converting.addCallback(self._send)
         return sending
 
     def _conversion_failed(self, failure: Failure, job: Job) -> Failure:
@@ -194,7 +194,7 @@ class VisionectBackend:
             )
         return failure
 
-    def _send(self, png: bytes) -> Deferred[None]:
+    def _send(self, png: bytes) -> Deferred[float]:
         """
         Sign and send one PUT carrying C{png}.
         """
@@ -211,21 +211,12 @@ class VisionectBackend:
         request = self._client.put(
             self._url, data=body, headers=headers, **REQUEST_OPTIONS
         )
-        return with_timeout(request, self._timeout, self._clock, self._read_answer)
-
-    def _read_answer(self, response: Any) -> Deferred[None]:
-        # The body is read even on success, so the connection can be reused.
-        """
-        Read VSS's answer and judge it.
-        """
-        reading: Deferred[bytes] = response.content()
-
-        def judge(body: bytes) -> None:
-            problem = self._classify(response.code, excerpt_of(body))
-            if problem is not None:
-                raise problem
-
-        return reading.addCallback(judge)
+        return with_timeout(
+            request,
+            self._timeout,
+            self._clock,
+            lambda response: read_answer(response, self._classify, self._clock),
+        )
 
     def _classify(self, status: int, excerpt: str) -> Exception | None:
         """

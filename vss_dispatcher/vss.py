@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
@@ -33,6 +34,7 @@ __all__ = [
     "TransientFailure",
     "VSSObserver",
     "classify_status",
+    "read_answer",
 ]
 
 MAX_RETRY_DELAY = 30.0
@@ -62,11 +64,12 @@ class DisplayBackend(Protocol):
     One way of talking to VSS.
     """
 
-    def attempt(self, job: Job, priority: bool) -> Deferred[None]:
+    def attempt(self, job: Job, priority: bool) -> Deferred[float]:
         """
         Ask VSS once to show C{job}.
 
-        @return: A L{Deferred} that fires when VSS accepted the job, or fails
+        @return: A L{Deferred} that fires when VSS accepted the job, with
+            the time VSS's answer arrived (on the backend's clock), or fails
             with L{TransientFailure}, L{ConfigurationFault} or
             L{JobRejected}.  Cancelling it abandons the request.
         """
@@ -141,7 +144,7 @@ class DisplayAPI:
         self._timeout = timeout
         self._clock = clock
 
-    def attempt(self, job: Job, priority: bool) -> Deferred[None]:
+    def attempt(self, job: Job, priority: bool) -> Deferred[float]:
         body = json.dumps(
             {
                 "image_path": job.image_path,
@@ -153,23 +156,50 @@ class DisplayAPI:
         request = self._client.post(
             self._url, data=body, headers=self._headers, **REQUEST_OPTIONS
         )
-        return with_timeout(request, self._timeout, self._clock, self._read_answer)
+        return with_timeout(
+            request,
+            self._timeout,
+            self._clock,
+            lambda response: read_answer(response, classify_status, self._clock),
+        )
 
-    def _read_answer(self, response: Any) -> Deferred[None]:
-        # The body is read even on success, so the connection can be reused.
-        reading: Deferred[bytes] = response.content()
 
-        def judge(body: bytes) -> None:
-            problem = classify_status(response.code, excerpt_of(body))
-            if problem is not None:
-                raise problem
+def read_answer(
+    response: Any,
+    classify: Callable[[int, str], Exception | None],
+    clock: IReactorTime,
+) -> Deferred[float]:
+    """
+    Read VSS's answer to the end and judge it.
 
-        return reading.addCallback(judge)
+    @param response: The answer, its status line and headers just received.
+    @param classify: Says what a status and an excerpt of the body mean:
+        C{None} for success, or the exception to fail with.
+    @param clock: Tells when the answer arrived.
+    @return: A L{Deferred} that fires with the time the answer arrived, or
+        fails with what C{classify} said.
+    """
+    # The moment VSS answered is the moment the image is on screen; reading
+    # the body and passing the answer on must not shorten the display.
+    arrived = clock.seconds()
+    # The body is read even on success, so the connection can be reused.
+    reading: Deferred[bytes] = response.content()
+
+    def judge(body: bytes) -> float:
+        problem = classify(response.code, excerpt_of(body))
+        if problem is not None:
+            raise problem
+        return arrived
+
+    return reading.addCallback(judge)
 
 
 def with_timeout(
-    request: Deferred[Any], timeout: float, clock: IReactorTime, then: Any
-) -> Deferred[None]:
+    request: Deferred[Any],
+    timeout: float,
+    clock: IReactorTime,
+    then: Callable[[Any], Deferred[float]],
+) -> Deferred[float]:
     """
     Chain C{then} to an HTTP request and turn connection errors and a
     timeout of the whole exchange into L{TransientFailure}.  Cancelling the
@@ -182,7 +212,7 @@ def with_timeout(
         timed_out.append(True)
         request.cancel()
 
-    def cancel(result: Deferred[None]) -> None:
+    def cancel(result: Deferred[float]) -> None:
         cancelled.append(True)
         request.cancel()
 
@@ -207,7 +237,7 @@ def with_timeout(
     request.addCallback(then)
     request.addBoth(stop_timer)
     request.addErrback(translate)
-    result: Deferred[None] = Deferred(cancel)
+    result: Deferred[float] = Deferred(cancel)
     request.chainDeferred(result)
     return result
 
@@ -250,11 +280,12 @@ class RetryingDisplay:
         exponent = min(max(failures - 1, 0), 1000)
         return float(min(self._retry_delay * 2.0**exponent, self._max_delay))
 
-    def show(self, job: Job, priority: bool) -> Deferred[None]:
+    def show(self, job: Job, priority: bool) -> Deferred[float | None]:
         """
         Put C{job} on screen, retrying as long as needed.
 
-        @return: A L{Deferred} that fires once VSS accepted the job, fails
+        @return: A L{Deferred} that fires once VSS accepted the job, with
+            the time its answer arrived if the backend knows it, fails
             with L{JobRejected} if VSS refuses it, and stops all work on the
             job when cancelled.
         """
@@ -337,12 +368,12 @@ class _Attempts:
         self._owner = owner
         self._job = job
         self._priority = priority
-        self._request: Deferred[None] | None = None
+        self._request: Deferred[float] | None = None
         self._wait: IDelayedCall | None = None
         self._cancelled = False
-        self._result: Deferred[None] = Deferred(lambda _: self._cancel())
+        self._result: Deferred[float | None] = Deferred(lambda _: self._cancel())
 
-    def start(self) -> Deferred[None]:
+    def start(self) -> Deferred[float | None]:
         self._attempt()
         return self._result
 
@@ -363,16 +394,16 @@ class _Attempts:
         request = maybeDeferred(self._owner._backend.attempt, self._job, self._priority)
         self._request = request
         request.addCallbacks(
-            lambda _: self._answered(started),
+            lambda arrived: self._answered(started, arrived),
             lambda failure: self._failed(started, failure),
         )
 
-    def _answered(self, started: float) -> None:
+    def _answered(self, started: float, arrived: float) -> None:
         self._request = None
         if self._cancelled:
             return
         self._owner._succeeded(time.perf_counter() - started)
-        self._result.callback(None)
+        self._result.callback(arrived)
 
     def _failed(self, started: float, failure: Failure) -> None:
         self._request = None
