@@ -3,6 +3,7 @@
 #   make test   the whole test suite (needs RabbitMQ on 127.0.0.1:5672)
 #   make bench  the benchmark against a minimal reference consumer
 #   make bench-instructions  instructions per job under valgrind, both sides
+#   make bench-split  the display timing gap taken apart (needs tcpdump, root)
 #   make lint   ruff, black and mypy
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test bench bench-smoke bench-instructions lint clean
+.PHONY: venv run test bench bench-smoke bench-instructions bench-split lint clean
 
 venv: $(STAMP)
 
@@ -36,6 +37,9 @@ bench-smoke: venv
 
 bench-instructions: venv
 	$(BIN)/python benchmarks/instructions.py $(BENCH_ARGS)
+
+bench-split: venv
+	$(BIN)/python benchmarks/split.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check vss_dispatcher tests twisted benchmarks

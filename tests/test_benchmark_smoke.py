@@ -10,7 +10,9 @@ import importlib
 import json
 import os
 import socket
+import struct
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -119,3 +121,97 @@ class StandInTests(TestCase):
         )
         self.assertLessEqual(standin.arrivals[0].at, standin.arrivals[1].at)
         self.assertIs(standin.wait_for_id("two", timeout=1), standin.arrivals[1])
+
+
+def _pcap(packets: list[tuple[float, int, int, bytes]]) -> bytes:
+    """
+    A nanosecond pcap file of Ethernet frames carrying IPv4 TCP segments
+    with the given time, ports and data.
+    """
+    out = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1)]
+    for at, source, destination, payload in packets:
+        tcp = struct.pack(
+            ">HHIIBBHHH", source, destination, 0, 0, 5 << 4, 0x18, 0, 0, 0
+        )
+        ip = struct.pack(
+            ">BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(tcp) + len(payload),
+            0,
+            0,
+            64,
+            6,
+            0,
+            b"\x7f\x00\x00\x01",
+            b"\x7f\x00\x00\x01",
+        )
+        frame = b"\x00" * 12 + b"\x08\x00" + ip + tcp + payload
+        seconds = int(at)
+        nanoseconds = round((at - seconds) * 1e9)
+        out.append(struct.pack("<IIII", seconds, nanoseconds, len(frame), len(frame)))
+        out.append(frame)
+    return b"".join(out)
+
+
+class SplitTests(TestCase):
+    """
+    The packet capture reader and the split of the display timing gap.
+    """
+
+    def test_gap_split_into_its_steps(self) -> None:
+        """
+        Between two requests, the time to VSS's answer, from the answer to
+        the acknowledgement less the duration, from the acknowledgement to
+        the next delivery and from there to the next request are told apart,
+        and other connections to the broker are left out.
+        """
+        split = _benchmark_module("split")
+        vss, consumer, publisher = 8080, 40000, 40001
+        deliver = b"\x01\x00\x01\x00\x00\x00\x20" + split.DELIVER + b"rest"
+        ack = b"\x01\x00\x01\x00\x00\x00\x0d" + split.ACK + b"tag"
+        capture = _pcap(
+            [
+                (10.0000, consumer, vss, b"POST /display HTTP/1.1\r\n"),
+                (10.0002, vss, consumer, b"HTTP/1.1 200 OK\r\n"),
+                (10.1000, publisher, 5672, ack),
+                (10.2007, consumer, 5672, ack),
+                (10.2010, 5672, consumer, deliver),
+                (10.2020, consumer, vss, b"POST /display HTTP/1.1\r\n"),
+            ]
+        )
+        path = self.mktemp()
+        with open(path, "wb") as file:
+            file.write(capture)
+        packets = list(split.read_capture(Path(path)))
+        self.assertEqual(len(packets), 6)
+        steps = split.split_gaps(packets, vss, 0.2)
+        rounded = {
+            name: [round(value, 3) for value in values]
+            for name, values in steps.items()
+        }
+        self.assertEqual(
+            rounded,
+            {
+                "VSS": [0.2],
+                "display end": [0.5],
+                "broker": [0.3],
+                "next job": [1.0],
+                "whole gap, less the duration": [2.0],
+            },
+        )
+
+    def test_no_delivery_between_means_job_in_hand(self) -> None:
+        """
+        When the next job was already delivered, the gap after the answer
+        is one step.
+        """
+        split = _benchmark_module("split")
+        packets = [
+            split.Packet(0.0, 1, 80, b"POST / HTTP/1.1"),
+            split.Packet(0.001, 80, 1, b"HTTP/1.1 200 OK"),
+            split.Packet(0.2015, 1, 80, b"POST / HTTP/1.1"),
+        ]
+        steps = split.split_gaps(packets, 80, 0.2)
+        self.assertEqual(round(steps["answer to next request"][0], 3), 0.5)
+        self.assertNotIn("broker", steps)
