@@ -8,6 +8,9 @@ before the acknowledgement or request that event produced leaves.
 L{AfterSend} waits one more round, so that the work runs once that poll has
 sent them: the dispatcher's bookkeeping (log lines, metrics, the status
 timeline) then never delays a message to the broker or a request to VSS.
+The dispatcher's own connections send most writes at once
+(L{vss_dispatcher.promptwrite}); waiting for the poll still covers what
+they could not send at once and any transport that waits for the reactor.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .promptwrite import send_promptly
+
 __all__ = ["ReconnectingClient", "backoff", "client_endpoint"]
 
 
@@ -73,17 +75,17 @@ def client_endpoint(
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     else:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    return _NoDelay(endpoint)
+    return _Prompt(endpoint)
 
 
 @implementer(IStreamClientEndpoint)
-class _NoDelay:
+class _Prompt:
     """
-    Connects through another endpoint and turns off Nagle's algorithm on
-    the connection.  Both AMQP and HTTP here send small messages and wait
-    for the answer: with Nagle's algorithm a small write can wait for the
-    acknowledgement of the previous one, which the peer may delay by tens
-    of milliseconds.
+    Connects through another endpoint, turns off Nagle's algorithm on the
+    connection and makes its writes leave at once (L{send_promptly}).  Both
+    AMQP and HTTP here send small messages and wait for the answer: with
+    Nagle's algorithm a small write can wait for the acknowledgement of the
+    previous one, which the peer may delay by tens of milliseconds.
     """
 
     def __init__(self, endpoint: IStreamClientEndpoint) -> None:
@@ -94,6 +96,7 @@ class _NoDelay:
             set_no_delay = getattr(protocol.transport, "setTcpNoDelay", None)
             if set_no_delay is not None:
                 set_no_delay(True)
+            send_promptly(protocol.transport)
             return protocol
 
         return self._endpoint.connect(factory).addCallback(no_delay)
