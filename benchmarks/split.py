@@ -27,6 +27,7 @@ little work to every packet.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import signal
 import statistics
@@ -55,6 +56,8 @@ from vss_standin import StandIn
 # size, then the class and method: Basic.Deliver is 60/60, Basic.Ack 60/80.
 DELIVER = b"\x00\x3c\x00\x3c"
 ACK = b"\x00\x3c\x00\x50"
+
+MESSAGE_ID = re.compile(rb'"message_id": ?"([^"]+)"')
 
 # Link-layer header lengths of the capture formats tcpdump writes for lo.
 LINK_HEADER = {0: 4, 1: 14, 108: 4, 113: 16, 276: 20}
@@ -107,7 +110,17 @@ def read_capture(path: Path) -> Iterator[Packet]:
 
 
 def is_method(payload: bytes, method: bytes) -> bool:
+    """
+    Whether C{payload} starts with an AMQP method frame of C{method}.
+    """
     return payload[:1] == b"\x01" and payload[7:11] == method
+
+
+def message_ids(payload: bytes) -> list[bytes]:
+    """
+    The C{message_id} values of the jobs in a packet, in order.
+    """
+    return [found.group(1) for found in MESSAGE_ID.finditer(payload)]
 
 
 def split_gaps(
@@ -115,6 +128,11 @@ def split_gaps(
 ) -> dict[str, list[float]]:
     """
     Milliseconds spent in each step of every gap between requests to VSS.
+
+    A gap is split at the acknowledgement and the next job's delivery only
+    when that delivery (found by its C{message_id}) came after the
+    acknowledgement; otherwise the job was in hand already, and what
+    follows the answer is one step.
     """
     consumer = next(
         (
@@ -124,38 +142,38 @@ def split_gaps(
         ),
         None,
     )
-    events: list[tuple[float, str]] = []
+    delivered: dict[bytes, float] = {}
+    events: list[tuple[float, str, bytes | None]] = []
     for packet in packets:
         if packet.destination == vss_port and packet.payload.startswith(b"POST"):
-            events.append((packet.at, "request"))
+            ids = message_ids(packet.payload)
+            events.append((packet.at, "request", ids[0] if ids else None))
         elif packet.source == vss_port:
-            events.append((packet.at, "answer"))
+            events.append((packet.at, "answer", None))
         elif packet.source == consumer and is_method(packet.payload, ACK):
-            events.append((packet.at, "ack"))
+            events.append((packet.at, "ack", None))
         elif packet.destination == consumer and is_method(packet.payload, DELIVER):
-            events.append((packet.at, "delivery"))
+            for message_id in message_ids(packet.payload):
+                delivered.setdefault(message_id, packet.at)
 
     steps: dict[str, list[float]] = {}
 
     def add(name: str, seconds: float) -> None:
         steps.setdefault(name, []).append(seconds * 1000)
 
-    requests = [index for index, (_, kind) in enumerate(events) if kind == "request"]
+    requests = [index for index, (_, kind, _) in enumerate(events) if kind == "request"]
     for first, second in zip(requests, requests[1:], strict=False):
         between = events[first : second + 1]
-        sent, following = between[0][0], between[-1][0]
-        answer = next((at for at, kind in between if kind == "answer"), None)
+        sent, (following, _, next_id) = between[0][0], between[-1]
+        answer = next((at for at, kind, _ in between if kind == "answer"), None)
         if answer is None:
             continue
-        ack = next((at for at, kind in between if kind == "ack" and at > answer), None)
-        delivery = None
-        if ack is not None:
-            delivery = next(
-                (at for at, kind in between if kind == "delivery" and at > ack), None
-            )
+        ack = next(
+            (at for at, kind, _ in between if kind == "ack" and at > answer), None
+        )
+        delivery = delivered.get(next_id) if next_id is not None else None
         add("VSS", answer - sent)
-        if delivery is not None:
-            assert ack is not None
+        if ack is not None and delivery is not None and ack < delivery < following:
             add("display end", ack - answer - duration)
             add("broker", delivery - ack)
             add("next job", following - delivery)

@@ -168,16 +168,20 @@ class SplitTests(TestCase):
         """
         split = _benchmark_module("split")
         vss, consumer, publisher = 8080, 40000, 40001
-        deliver = b"\x01\x00\x01\x00\x00\x00\x20" + split.DELIVER + b"rest"
+        deliver = (
+            b"\x01\x00\x01\x00\x00\x00\x20"
+            + split.DELIVER
+            + b'rest {"message_id": "job-2"}'
+        )
         ack = b"\x01\x00\x01\x00\x00\x00\x0d" + split.ACK + b"tag"
         capture = _pcap(
             [
-                (10.0000, consumer, vss, b"POST /display HTTP/1.1\r\n"),
+                (10.0000, consumer, vss, _request("job-1")),
                 (10.0002, vss, consumer, b"HTTP/1.1 200 OK\r\n"),
                 (10.1000, publisher, 5672, ack),
                 (10.2007, consumer, 5672, ack),
                 (10.2010, 5672, consumer, deliver),
-                (10.2020, consumer, vss, b"POST /display HTTP/1.1\r\n"),
+                (10.2020, consumer, vss, _request("job-2")),
             ]
         )
         path = self.mktemp()
@@ -208,10 +212,43 @@ class SplitTests(TestCase):
         """
         split = _benchmark_module("split")
         packets = [
-            split.Packet(0.0, 1, 80, b"POST / HTTP/1.1"),
+            split.Packet(0.0, 1, 80, _request("job-1")),
             split.Packet(0.001, 80, 1, b"HTTP/1.1 200 OK"),
-            split.Packet(0.2015, 1, 80, b"POST / HTTP/1.1"),
+            split.Packet(0.2015, 1, 80, _request("job-2")),
         ]
         steps = split.split_gaps(packets, 80, 0.2)
         self.assertEqual(round(steps["answer to next request"][0], 3), 0.5)
         self.assertNotIn("broker", steps)
+
+    def test_later_job_delivered_between_means_job_in_hand(self) -> None:
+        """
+        With several jobs in hand, the acknowledgement makes the broker send
+        a later job, not the next one: the gap is still one step after the
+        answer.
+        """
+        split = _benchmark_module("split")
+        early = b"\x01\x00\x01\x00\x00\x00\x20" + split.DELIVER
+        consumer = 40000
+        packets = [
+            split.Packet(0.0, 5672, consumer, early + b'{"message_id": "job-2"}'),
+            split.Packet(0.0001, consumer, 80, _request("job-1")),
+            split.Packet(0.001, 80, consumer, b"HTTP/1.1 200 OK"),
+            split.Packet(
+                0.2012, consumer, 5672, b"\x01\x00\x01\x00\x00\x00\x0d" + split.ACK
+            ),
+            split.Packet(0.2013, 5672, consumer, early + b'{"message_id": "job-22"}'),
+            split.Packet(0.2015, consumer, 80, _request("job-2")),
+        ]
+        steps = split.split_gaps(packets, 80, 0.2)
+        self.assertEqual(round(steps["answer to next request"][0], 3), 0.5)
+        self.assertNotIn("broker", steps)
+
+
+def _request(message_id: str) -> bytes:
+    """
+    The start of a request to VSS carrying the job C{message_id}.
+    """
+    return (
+        b"POST /display HTTP/1.1\r\n\r\n"
+        + b'{"image_path": "/images/a.png", "message_id": "%s"}' % message_id.encode()
+    )
