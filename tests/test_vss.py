@@ -416,6 +416,21 @@ class RealSocketTests(TestCase):
     L{DisplayAPI} with treq's real HTTP client on the loopback interface.
     """
 
+    def api_for(self, vss: Resource, path: str = "") -> DisplayAPI:
+        """
+        Serve C{vss} on a free loopback port and make a L{DisplayAPI} with
+        the dispatcher's own HTTP client whose base URL is there plus
+        C{path}.
+        """
+        site = Site(vss)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client, pool = make_http_client(reactor, 5)
+        self.addCleanup(pool.closeCachedConnections)
+        base = f"http://127.0.0.1:{port.getHost().port}{path}"
+        return DisplayAPI(client, base, 5, reactor)
+
     async def test_connection_refused(self) -> None:
         """
         A port where nothing listens gives a transient failure.
@@ -457,13 +472,7 @@ class RealSocketTests(TestCase):
                 return b"accepted"
 
         vss = CookieSettingVSS()
-        site = Site(vss)
-        site.noisy = False
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client, pool = make_http_client(reactor, 5)
-        self.addCleanup(pool.closeCachedConnections)
-        api = DisplayAPI(client, f"http://127.0.0.1:{port.getHost().port}", 5, reactor)
+        api = self.api_for(vss)
 
         await api.attempt(JOB, False)
         await api.attempt(JOB, True)
@@ -479,14 +488,7 @@ class RealSocketTests(TestCase):
         to the display path under the base URL.
         """
         vss = BodyEchoVSS()
-        site = Site(vss)
-        site.noisy = False
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        client, pool = make_http_client(reactor, 5)
-        self.addCleanup(pool.closeCachedConnections)
-        base = f"http://127.0.0.1:{port.getHost().port}/vss"
-        api = DisplayAPI(client, base, 5, reactor)
+        api = self.api_for(vss, "/vss")
 
         await api.attempt(JOB, True)
 
