@@ -222,6 +222,8 @@ class DeadLetterTests(DispatcherTestCase):
         self.client.publish(self.normal, {"image_path": "good.png", "duration": 0})
         first = yield self.vss.request_number(1)
         self.assertEqual(first.image_path, "good.png")
+        # The request reached VSS; its display ends once the answer is back.
+        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
         yield wait_for(lambda: self.client.count(self.dead) == 1)
         yield dispatcher.stopService()
 
@@ -269,6 +271,7 @@ class DeadLetterTests(DispatcherTestCase):
         self.client.publish(self.normal, {"image_path": "odd.png", "duration": 0})
         self.client.publish(self.normal, {"image_path": "fine.png", "duration": 0})
         yield self.vss.request_number(2)
+        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
         yield wait_for(lambda: self.client.count(self.dead) == 1)
         yield dispatcher.stopService()
 

@@ -21,6 +21,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.error import (
+    ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
     DNSLookupError,
@@ -28,6 +29,7 @@ from twisted.internet.error import (
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, ResponseNeverReceived
 from twisted.web.iweb import IAgent
@@ -47,6 +49,7 @@ from vss_dispatcher.vss import (
     DisplayAPI,
     RetryingDisplay,
     TransientFailure,
+    connection_problem,
 )
 
 # An answer that never comes: the request hangs until it is cancelled.
@@ -844,4 +847,41 @@ class RetryTests(VSSTestCase):
         self.assertEqual(
             observer.retries,
             [(1, 1.0, "VSS answered 503: busy"), (2, 2.0, "VSS answered 401")],
+        )
+
+
+class ConnectionProblemTests(SynchronousTestCase):
+    """
+    Failures of a request without an answer are described in plain words.
+    """
+
+    def test_wrapped_reasons_written_out(self) -> None:
+        """
+        The reasons a request under way failed with are written out one
+        after the other, not as a list of objects.
+        """
+        failure = Failure(
+            ResponseNeverReceived(
+                [Failure(ConnectionDone()), Failure(ConnectionLost())]
+            )
+        )
+
+        problem = connection_problem(failure)
+
+        self.assertIsInstance(problem, TransientFailure)
+        self.assertEqual(
+            str(problem),
+            "cannot reach VSS: Connection was closed cleanly.; Connection to the"
+            " other side was lost in a non-clean fashion.",
+        )
+
+    def test_plain_failure(self) -> None:
+        """
+        A failure of its own, such as a refused connection, gives its
+        message.
+        """
+        problem = connection_problem(Failure(ConnectionRefusedError()))
+
+        self.assertEqual(
+            str(problem), "cannot reach VSS: Connection was refused by other side."
         )

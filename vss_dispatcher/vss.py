@@ -34,6 +34,7 @@ __all__ = [
     "TransientFailure",
     "VSSObserver",
     "classify_status",
+    "connection_problem",
     "read_answer",
 ]
 
@@ -232,7 +233,7 @@ def with_timeout(
         # who cancelled must see a cancellation, not an unreachable VSS.
         if cancelled or failure.check(CancelledError):
             raise CancelledError()
-        raise TransientFailure(f"cannot reach VSS: {failure.getErrorMessage()}")
+        raise connection_problem(failure)
 
     request.addCallback(then)
     request.addBoth(stop_timer)
@@ -240,6 +241,55 @@ def with_timeout(
     result: Deferred[float] = Deferred(cancel)
     request.chainDeferred(result)
     return result
+
+
+def connection_problem(failure: Failure) -> Exception:
+    """
+    Say in plain words why a request got no answer.
+
+    @param failure: What the HTTP client failed with; failures of a request
+        under way carry the underlying reasons in a list.
+    @return: A L{ConfigurationFault} when VSS's TLS certificate was refused
+        (no retry will change that until the configuration does), otherwise
+        a L{TransientFailure}.
+    """
+    from OpenSSL.SSL import Error as TLSError
+    from service_identity.exceptions import VerificationError
+
+    reasons = getattr(failure.value, "reasons", None) or [failure]
+    messages = []
+    for reason in reasons:
+        value = reason.value if isinstance(reason, Failure) else reason
+        if isinstance(value, VerificationError):
+            return ConfigurationFault(
+                "the TLS certificate VSS presented does not name the host in"
+                " VSS_BASE_URL"
+            )
+        if isinstance(value, TLSError) and "certificate verify failed" in str(value):
+            return ConfigurationFault(
+                "the TLS certificate VSS presented is not signed by a trusted"
+                " certificate authority (set SSL_CERT_FILE to a file of the"
+                " authorities to trust)"
+            )
+        if isinstance(value, TLSError):
+            messages.append(f"TLS failed: {_tls_reasons(value)}")
+        elif isinstance(reason, Failure):
+            messages.append(reason.getErrorMessage())
+        else:
+            messages.append(str(reason))
+    return TransientFailure(f"cannot reach VSS: {'; '.join(messages)}")
+
+
+def _tls_reasons(error: Exception) -> str:
+    """
+    The reasons OpenSSL gave, without the library and function names.
+    """
+    parts = error.args[0] if error.args else None
+    if isinstance(parts, list):
+        reasons = [part[-1] for part in parts if isinstance(part, tuple) and part]
+        if reasons:
+            return ", ".join(str(reason) for reason in reasons)
+    return str(error)
 
 
 class RetryingDisplay:
