@@ -37,6 +37,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.broker import BrokerClient, unique_queues
+from vss_dispatcher import monitoring
 from vss_dispatcher.app import DispatcherService
 from vss_dispatcher.config import ConfigurationError, Settings
 from vss_dispatcher.emulator import EmulatedVSS, make_site
@@ -232,7 +233,12 @@ class StatusSite:
     The status site of a L{MonitoredDispatcher}, requested in memory.
     """
 
-    def __init__(self, test: SynchronousTestCase, dispatcher: MonitoredDispatcher):
+    def __init__(
+        self,
+        test: SynchronousTestCase,
+        dispatcher: MonitoredDispatcher,
+        run_in_thread: Callable[..., Deferred[Any]] | None = None,
+    ):
         self.test = test
         self.dispatcher = dispatcher
         self.metrics = Metrics(dispatcher)
@@ -242,7 +248,9 @@ class StatusSite:
             dispatcher.scheduler.observers.append(observer)
             dispatcher.display.observers.append(observer)
             dispatcher.broker.observers.append(observer)
-        site = build_site(dispatcher, self.metrics, self.timeline, self.counts)
+        site = build_site(
+            dispatcher, self.metrics, self.timeline, self.counts, run_in_thread
+        )
         self.client = StubTreq(site.resource)
 
     def request(self, path: str) -> Deferred[Any]:
@@ -863,6 +871,94 @@ class ImageTests(TestCase):
         os.remove(self.image)
         code, _, _ = yield site.get("/image/current")
         self.assertEqual(code, 404)
+
+
+class _HeldThreads:
+    """
+    Stands in for the worker threads: each piece of work waits until the
+    test lets it run, as it would on a slow or hung network share.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]]
+        self.waiting = []
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        self.waiting.append((function, args, done))
+        return done
+
+    def run_all(self) -> None:
+        """
+        Let the waiting work run, in order.
+        """
+        waiting, self.waiting = self.waiting, []
+        for function, args, done in waiting:
+            done.callback(function(*args))
+
+
+class ImageReadingTests(SynchronousTestCase):
+    """
+    The image on screen is found and read in a worker thread, so that a
+    slow image share never holds up the dispatcher or the rest of the site.
+    """
+
+    def setUp(self) -> None:
+        self.root = os.path.realpath(self.mktemp())
+        os.makedirs(self.root)
+        self.image = os.path.join(self.root, "welcome.png")
+        with open(self.image, "wb") as f:
+            f.write(b"\x89PNG pretend image")
+        self.threads = _HeldThreads()
+        self.dispatcher = MonitoredDispatcher(
+            Settings(status_endpoint="", image_root=self.root)
+        )
+        self.site = StatusSite(self, self.dispatcher, self.threads)
+        self.dispatcher.show("welcome.png", resolved_path=self.image)
+
+    def test_slow_share_holds_up_only_the_image(self) -> None:
+        """
+        While the file is being read, the image request waits and the rest
+        of the site answers; the image follows once the read is done.
+        """
+        requested = self.site.request("/image/current")
+        self.site.client.flush()
+
+        self.assertNoResult(requested)
+        self.assertEqual(self.site.get_json("/healthz")[0], 200)
+        self.assertEqual(len(self.threads.waiting), 1)
+
+        self.threads.run_all()
+        code, headers, body = self.site.answer(requested)
+        self.assertEqual((code, body), (200, b"\x89PNG pretend image"))
+        self.assertEqual(headers.getRawHeaders("content-type"), ["image/png"])
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-store"])
+
+    def test_too_large_for_a_preview(self) -> None:
+        """
+        A file larger than the preview limit is not sent.
+        """
+        self.patch(monitoring, "MAX_PREVIEW_BYTES", 5)
+        requested = self.site.request("/image/current")
+        self.threads.run_all()
+
+        code, _, body = self.site.answer(requested)
+
+        self.assertEqual(code, 404)
+        self.assertNotIn(b"PNG", body)
+
+    def test_status_offers_preview_without_reading(self) -> None:
+        """
+        The status says whether a preview is offered without any work in a
+        thread or on the file system.
+        """
+        os.remove(self.image)
+
+        code, status = self.site.get_json("/status")
+
+        self.assertEqual(code, 200)
+        self.assertTrue(status["current"]["preview"])
+        self.assertEqual(self.threads.waiting, [])
 
 
 class PageTests(TestCase):

@@ -12,6 +12,7 @@ its page, and the image on screen when that image lies inside IMAGE_ROOT.
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .config import ConfigurationError
+from .message import Job
 from .metrics import CONTENT_TYPE, Metrics
 from .playlog import PlayLog
 from .sdnotify import SystemdNotifier, notify_address, watchdog_interval
@@ -35,7 +37,8 @@ from .status import (
     QueueCounts,
     Timeline,
     health_problems,
-    image_file,
+    image_file_in,
+    may_preview,
     status_document,
     status_line,
 )
@@ -49,6 +52,10 @@ __all__ = [
 ]
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+# The page shows the image on screen as a preview; a file larger than this
+# is not sent to it.
+MAX_PREVIEW_BYTES = 32 * 1024 * 1024
 
 # The name of the web server among the dispatcher's child services.
 STATUS_SERVER = "status-server"
@@ -215,20 +222,78 @@ class _Images(Resource):
     IMAGE_ROOT.
     """
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, run_in_thread: Callable[..., Deferred[Any]]
+    ) -> None:
         super().__init__()
         self._dispatcher = dispatcher
+        self._run_in_thread = run_in_thread
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """
         The image on screen for C{current}, else 404.
         """
-        if path != b"current":
-            return NoResource()
-        found = image_file(self._dispatcher, self._dispatcher.scheduler.current)
-        if found is None:
+        delivery = self._dispatcher.scheduler.current
+        if path != b"current" or not may_preview(self._dispatcher, delivery):
             return NoResource("No image on screen that lies inside IMAGE_ROOT.")
-        return _File(found, defaultType="application/octet-stream")
+        assert delivery is not None
+        return _CurrentImage(
+            self._dispatcher.settings.image_root, delivery.job, self._run_in_thread
+        )
+
+
+class _CurrentImage(Resource):
+    """
+    One image file, found and read in a worker thread: IMAGE_ROOT is often a
+    network share, and a slow or hung share must not hold up the reactor,
+    which keeps the displays on time.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, root: str, job: Job, run_in_thread: Callable[..., Deferred[Any]]
+    ) -> None:
+        super().__init__()
+        self._root = root
+        self._job = job
+        self._run_in_thread = run_in_thread
+
+    def render_GET(self, request: Request) -> object:
+        reading = self._run_in_thread(read_preview, self._root, self._job)
+
+        def render(found: tuple[str, bytes] | None) -> bytes:
+            _secure(request)
+            if found is None:
+                request.setResponseCode(404)
+                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+                return b"The image on screen cannot be read from IMAGE_ROOT.\n"
+            content_type, data = found
+            request.setHeader(b"Content-Type", content_type.encode("ascii"))
+            return data
+
+        return _later(request, reading, render)
+
+
+def read_preview(root: str, job: Job) -> tuple[str, bytes] | None:
+    """
+    Find and read C{job}'s image inside C{root}; blocking.
+
+    @return: Its media type and contents, or C{None} when it is not a file
+        inside C{root} or is larger than L{MAX_PREVIEW_BYTES}.
+    """
+    path = image_file_in(root, job)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as image:
+            data = image.read(MAX_PREVIEW_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_PREVIEW_BYTES:
+        return None
+    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return content_type, data
 
 
 class _Page(Resource):
@@ -265,19 +330,38 @@ def build_site(
     metrics: Metrics,
     timeline: Timeline,
     counts: QueueCounts,
+    run_in_thread: Callable[..., Deferred[Any]] | None = None,
 ) -> Site:
     """
     The web site of the status server.
+
+    @param run_in_thread: Runs a blocking function in a worker thread and
+        gives a L{Deferred} of its result; by default, the global reactor's
+        thread pool.
     """
+    if run_in_thread is None:
+        run_in_thread = _in_reactor_thread_pool
     root = Resource()
     root.putChild(b"", _Page())
     root.putChild(b"healthz", _Health(dispatcher))
     root.putChild(b"status", _Status(dispatcher, counts))
     root.putChild(b"metrics", _Metrics(metrics, counts))
     root.putChild(b"timeline", _Timeline(timeline))
-    root.putChild(b"image", _Images(dispatcher))
+    root.putChild(b"image", _Images(dispatcher, run_in_thread))
     root.putChild(b"static", _static_files())
     return _QuietSite(root, reactor=dispatcher.clock)
+
+
+def _in_reactor_thread_pool(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """
+    Run C{function} in the global reactor's thread pool.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThreadPool
+
+    # Asked each time: the reactor makes a new pool if the old one was stopped.
+    pool = reactor.getThreadPool()  # type: ignore[attr-defined]
+    return deferToThreadPool(reactor, pool, function, *args)  # type: ignore[arg-type]
 
 
 class _QuietSite(Site):

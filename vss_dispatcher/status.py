@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from .config import Settings
+from .message import Job
 from .scheduler import Delivery, Outcome
 
 __all__ = [
@@ -169,13 +170,21 @@ def image_file(dispatcher: Dispatcher, delivery: Delivery | None) -> str | None:
     """
     The file of C{delivery}'s image, if it may be served: only a file inside
     IMAGE_ROOT (following symbolic links) qualifies, and nothing does when
-    IMAGE_ROOT is empty.
+    IMAGE_ROOT is empty.  This looks at the file system, which for a network
+    share can take long: call it from a worker thread.
     """
     root = dispatcher.settings.image_root
     if delivery is None or not root:
         return None
+    return image_file_in(root, delivery.job)
+
+
+def image_file_in(root: str, job: Job) -> str | None:
+    """
+    The file of C{job}'s image inside C{root}, following symbolic links, if
+    it is there; see L{image_file}.
+    """
     root = os.path.realpath(root)
-    job = delivery.job
     candidate = job.resolved_path or os.path.join(root, job.image_path)
     resolved = os.path.realpath(candidate)
     if os.path.commonpath([resolved, root]) != root or resolved == root:
@@ -183,6 +192,23 @@ def image_file(dispatcher: Dispatcher, delivery: Delivery | None) -> str | None:
     if not os.path.isfile(resolved):
         return None
     return resolved
+
+
+def may_preview(dispatcher: Dispatcher, delivery: Delivery | None) -> bool:
+    """
+    Whether C{delivery}'s image can be offered as a preview, judged from its
+    path alone, without touching the file system: a job's path was checked
+    against IMAGE_ROOT when it arrived.  L{image_file} decides when the file
+    is asked for.
+    """
+    root = dispatcher.settings.image_root
+    if delivery is None or not root:
+        return False
+    job = delivery.job
+    candidate = os.path.normpath(
+        job.resolved_path or os.path.join(root, job.image_path)
+    )
+    return os.path.commonpath([candidate, root]) == root and candidate != root
 
 
 def _describe_waiting(delivery: Delivery) -> dict[str, Any]:
@@ -222,7 +248,7 @@ def _describe_current(dispatcher: Dispatcher) -> dict[str, Any] | None:
         "since": iso_time(scheduler.since),
         "duration": delivery.remaining,
         "remaining": remaining,
-        "preview": image_file(dispatcher, delivery) is not None,
+        "preview": may_preview(dispatcher, delivery),
     }
 
 

@@ -101,9 +101,9 @@ function showCurrent(status) {
     if (key !== page.previewKey) {
       page.previewKey = key;
       preview.src = "image/current?shown=" + encodeURIComponent(key);
+      preview.hidden = false;
+      noPreview.hidden = true;
     }
-    preview.hidden = false;
-    noPreview.hidden = true;
   } else {
     preview.hidden = true;
     preview.removeAttribute("src");
@@ -305,8 +305,18 @@ function chooseSpan(event) {
   drawTimeline();
 }
 
+function previewFailed() {
+  // The file was offered but could not be read (removed, or a link that
+  // leads out of IMAGE_ROOT); the same image is not asked for again.
+  $("preview").hidden = true;
+  const noPreview = $("no-preview");
+  noPreview.hidden = false;
+  noPreview.textContent = "No preview: the image file could not be read.";
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("spans").addEventListener("click", chooseSpan);
+  $("preview").addEventListener("error", previewFailed);
   pollStatus();
   setInterval(pollTimeline, TIMELINE_EVERY);
   setInterval(tick, 250);
