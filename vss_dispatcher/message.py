@@ -11,7 +11,14 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_BODY_BYTES", "InvalidMessage", "Job", "parse_job"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_BODY_BYTES",
+    "InvalidMessage",
+    "Job",
+    "check_image",
+    "parse_job",
+]
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -120,10 +127,11 @@ def _real_root(image_root: str) -> str:
     return os.path.realpath(image_root)
 
 
-def _check_image(image_path: str, image_root: str) -> str:
+def check_image(image_path: str, image_root: str) -> str:
     """
     Resolve C{image_path} inside C{image_root} and check that it is an image
-    file there.
+    file there.  This looks at the file system, which for a network share
+    can take long.
 
     @return: The real path of the file.
     @raise InvalidMessage: When it is outside, missing, or not an image.
@@ -246,5 +254,5 @@ def parse_job(
         )
 
     duration = _check_duration(document, default_duration, max_duration)
-    resolved = _check_image(image_path, image_root) if image_root else None
+    resolved = check_image(image_path, image_root) if image_root else None
     return Job(image_path, duration, message_id, resolved)
