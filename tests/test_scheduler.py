@@ -128,6 +128,7 @@ class SchedulerTestCase(SynchronousTestCase):
         display: Callable[[Job, bool], Deferred[None]] | None = None,
         clock: Clock | None = None,
         observe_later: bool = False,
+        settle: Callable[[Delivery], None] | None = None,
     ) -> None:
         """
         Replace the scheduler under test with one built with these
@@ -141,7 +142,7 @@ class SchedulerTestCase(SynchronousTestCase):
         self.scheduler = Scheduler(
             self.clock,
             self.display if display is None else display,
-            self.settled.append,
+            self.settled.append if settle is None else settle,
             lambda delivery, reason: self.rejected.append((delivery, reason)),
             interrupted,
             ack_after,
@@ -291,6 +292,31 @@ class OrderTests(SchedulerTestCase):
         self.assertEqual(self.settled, [first, *chain])
         self.assertEqual(len(sent), 5001)
         self.assertIsNone(self.scheduler.current)
+
+    def test_next_job_goes_out_before_the_acknowledgement(self) -> None:
+        """
+        When a display ends with the next job in hand, that job is sent to
+        VSS first and the finished one acknowledged right after, in the same
+        turn.
+        """
+        happened: list[str] = []
+
+        def display(job: Job, priority: bool) -> Deferred[None]:
+            happened.append(f"sent {job.image_path}")
+            return succeed(None)
+
+        self.build(
+            display=display,
+            settle=lambda d: happened.append(f"acknowledged {d.job.image_path}"),
+        )
+        self.deliver("a.png", 1)
+        self.deliver("b.png", 1)
+
+        self.clock.advance(1)
+
+        self.assertEqual(happened, ["sent a.png", "sent b.png", "acknowledged a.png"])
+        self.clock.advance(1)
+        self.assertEqual(happened[-1], "acknowledged b.png")
 
     def test_long_chain_of_zero_durations_through_an_answer(self) -> None:
         """

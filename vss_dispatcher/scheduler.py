@@ -208,6 +208,7 @@ class Scheduler:
         self._state = _State.IDLE
         self._priority: deque[Delivery] = deque()
         self._normal: deque[Delivery] = deque()
+        self._ended: deque[Delivery] = deque()
         self._sending: Deferred[float | None] | None = None
         self._timer: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
@@ -397,9 +398,16 @@ class Scheduler:
         shown_for = self._clock.seconds() - self.since
         self.current = None
         self._state = _State.IDLE
-        self._settle_once(delivery)
         self._tell(self._display_ended, delivery, Outcome.COMPLETED, planned, shown_for)
+        # The next job in hand goes to VSS before the acknowledgement: the
+        # broker, woken by the acknowledgement, then competes with nothing
+        # that keeps the screen waiting.  The finished job is acknowledged
+        # all the same, after its display ended, and finished jobs are
+        # acknowledged in the order they finished.
+        self._ended.append(delivery)
         self._advance()
+        while self._ended:
+            self._settle_once(self._ended.popleft())
 
     def _acknowledge_early(self, delivery: Delivery) -> None:
         self._ack_timer = None
