@@ -55,7 +55,7 @@ from vss_dispatcher.status import (
     QueueCounts,
     Timeline,
     health_problems,
-    image_file,
+    image_file_in,
     iso_time,
     status_document,
     status_line,
@@ -847,7 +847,9 @@ class ImageTests(TestCase):
                 dispatcher.clock, dispatcher.display.show, lambda d: None, print
             )
             dispatcher.show(path)
-            self.assertIsNone(image_file(dispatcher, dispatcher.scheduler.current))
+            current = dispatcher.scheduler.current
+            assert current is not None
+            self.assertIsNone(image_file_in(self.root, current.job))
             code, _, body = yield site.get("/image/current")
             self.assertEqual(code, 404, path)
             self.assertNotIn(b"not for the page", body)

@@ -232,10 +232,11 @@ class _Images(Resource):
         """
         The image on screen for C{current}, else 404.
         """
+        if path != b"current":
+            return NoResource()
         delivery = self._dispatcher.scheduler.current
-        if path != b"current" or not may_preview(self._dispatcher, delivery):
+        if delivery is None or not may_preview(self._dispatcher, delivery):
             return NoResource("No image on screen that lies inside IMAGE_ROOT.")
-        assert delivery is not None
         return _CurrentImage(
             self._dispatcher.settings.image_root, delivery.job, self._run_in_thread
         )

@@ -31,7 +31,7 @@ __all__ = [
     "QueueCounts",
     "Timeline",
     "health_problems",
-    "image_file",
+    "image_file_in",
     "iso_time",
     "status_document",
     "status_line",
@@ -166,23 +166,12 @@ def status_line(dispatcher: Dispatcher) -> str:
     return f"{verb} {current.job.image_path} from {current.queue}; {waiting} waiting"
 
 
-def image_file(dispatcher: Dispatcher, delivery: Delivery | None) -> str | None:
-    """
-    The file of C{delivery}'s image, if it may be served: only a file inside
-    IMAGE_ROOT (following symbolic links) qualifies, and nothing does when
-    IMAGE_ROOT is empty.  This looks at the file system, which for a network
-    share can take long: call it from a worker thread.
-    """
-    root = dispatcher.settings.image_root
-    if delivery is None or not root:
-        return None
-    return image_file_in(root, delivery.job)
-
-
 def image_file_in(root: str, job: Job) -> str | None:
     """
-    The file of C{job}'s image inside C{root}, following symbolic links, if
-    it is there; see L{image_file}.
+    The file of C{job}'s image, if it may be served: only a file inside
+    C{root} (following symbolic links) qualifies.  This looks at the file
+    system, which for a network share can take long: call it from a worker
+    thread.
     """
     root = os.path.realpath(root)
     candidate = job.resolved_path or os.path.join(root, job.image_path)
@@ -198,7 +187,7 @@ def may_preview(dispatcher: Dispatcher, delivery: Delivery | None) -> bool:
     """
     Whether C{delivery}'s image can be offered as a preview, judged from its
     path alone, without touching the file system: a job's path was checked
-    against IMAGE_ROOT when it arrived.  L{image_file} decides when the file
+    against IMAGE_ROOT when it arrived.  L{image_file_in} decides when the file
     is asked for.
     """
     root = dispatcher.settings.image_root
