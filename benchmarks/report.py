@@ -250,7 +250,9 @@ def markdown(rows: list[Figure], context: dict[str, Any]) -> str:
         f"Measured {context['date']} on {context['machine']['cpu']}"
         f" ({context['machine']['cores']} cores), Python"
         f" {context['machine']['python']}, RabbitMQ {context['broker']},"
-        f" {context['mode']} run.",
+        f" {context['mode']} run"
+        + (", IMAGE_ROOT set" if context.get("image_root") else "")
+        + ".",
         "",
         "| figure | dispatcher | reference | ratio | target | met |",
         "|---|---:|---:|---:|---|---|",

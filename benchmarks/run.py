@@ -381,6 +381,8 @@ def dispatcher_subject(
         # The status server runs, as it does by default, on a free port.
         STATUS_ENDPOINT="tcp:0:interface=127.0.0.1",
     )
+    if image_root is not None:
+        environ["IMAGE_ROOT"] = image_root
     twistd = str(Path(sys.executable).parent / "twistd")
     return Subject(
         label,
@@ -414,12 +416,22 @@ def reference_subject(
     )
 
 
+# With --image-root: the directory the dispatcher checks each job's image
+# in, as it does in production with IMAGE_ROOT set.
+image_root: str | None = None
+
+
 def job(message_id: str, duration: float) -> dict[str, Any]:
-    return {
-        "image_path": f"/images/{message_id}.png",
-        "duration": duration,
-        "message_id": message_id,
-    }
+    """
+    A job for C{message_id}; with an image root, its (empty) image file is
+    made there so that the dispatcher's check finds it.
+    """
+    image_path = f"/images/{message_id}.png"
+    if image_root is not None:
+        image_path = f"{message_id}.png"
+        with open(os.path.join(image_root, image_path), "wb"):
+            pass
+    return {"image_path": image_path, "duration": duration, "message_id": message_id}
 
 
 def idle_latencies(
@@ -719,6 +731,12 @@ def main(arguments: list[str] | None = None) -> int:
         help="where to write latest.json, latest.md and latency.png",
     )
     parser.add_argument(
+        "--image-root",
+        action="store_true",
+        help="set IMAGE_ROOT for the dispatcher, so that it checks every"
+        " job's image file (in a worker thread) as in production",
+    )
+    parser.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the output of the processes under test after a good run",
@@ -734,6 +752,9 @@ def main(arguments: list[str] | None = None) -> int:
     publisher = Publisher()
     running: list[Subject] = []
     logs = Path(tempfile.mkdtemp(prefix="vss-bench-"))
+    global image_root
+    if options.image_root:
+        image_root = os.path.realpath(tempfile.mkdtemp(prefix="vss-bench-images-"))
     started = time.time()
     try:
         progress(f"the stand-in alone, {sizes.client_requests} requests")
@@ -748,10 +769,13 @@ def main(arguments: list[str] | None = None) -> int:
         publisher.delete_declared()
         publisher.close()
         standin.stop()
+        if image_root is not None:
+            shutil.rmtree(image_root, ignore_errors=True)
 
     context = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)),
         "mode": "smoke" if options.smoke else "full",
+        "image_root": options.image_root,
         "machine": machine(),
         "broker": publisher.broker_version,
         "seconds": round(time.time() - started, 1),

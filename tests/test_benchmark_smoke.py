@@ -80,6 +80,31 @@ class ArithmeticTests(TestCase):
         self.assertIn("| Growth | 0.50 MB | 0.20 MB | – |", table)
 
 
+class ImageRootJobTests(TestCase):
+    """
+    With C{--image-root}, jobs name files that exist in that directory.
+    """
+
+    def test_job_file_made_in_the_image_root(self) -> None:
+        """
+        A job's image path is relative to the image root, and its file is
+        there; without an image root the path is absolute and nothing is
+        made.
+        """
+        run = _benchmark_module("run")
+        root = self.mktemp()
+        os.makedirs(root)
+
+        self.assertEqual(run.job("one", 0)["image_path"], "/images/one.png")
+        self.patch(run, "image_root", root)
+        made = run.job("two", 0.5)
+
+        self.assertEqual(made["image_path"], "two.png")
+        self.assertEqual(made["duration"], 0.5)
+        self.assertTrue(os.path.isfile(os.path.join(root, "two.png")))
+        self.assertEqual(os.listdir(root), ["two.png"])
+
+
 class StandInTests(TestCase):
     """
     The stand-in for VSS that the benchmark times requests with.
