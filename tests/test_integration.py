@@ -17,14 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.broker import BrokerClient, close_connections_named, unique_queues
-from vss_dispatcher import amqp
 from vss_dispatcher.app import DispatcherService
 from vss_dispatcher.config import Settings
 from vss_dispatcher.emulator import EmulatedVSS, make_site
@@ -103,13 +102,11 @@ class DispatcherTestCase(TestCase):
         return Settings(**values)
 
     @inlineCallbacks
-    def start(self, run_in_thread: Any = None, **changes: Any) -> Any:
+    def start(self, **changes: Any) -> Any:
         """
         Start a dispatcher and wait until it consumes both queues.
         """
-        dispatcher = DispatcherService(
-            self.settings(**changes), reactor, run_in_thread=run_in_thread
-        )
+        dispatcher = DispatcherService(self.settings(**changes), reactor)
         self.observer = _Observer()
         dispatcher.broker.observers.append(self.observer)
         dispatcher.startService()
@@ -285,123 +282,6 @@ class DeadLetterTests(DispatcherTestCase):
             [r.image_path for r in self.vss.requests], ["odd.png", "fine.png"]
         )
         self.assertEqual(self.client.count(self.normal), 0)
-
-
-class _SlowShare:
-    """
-    Stands in for the worker threads that check image files, as if the
-    share were slow for images whose name starts with "slow": their checks
-    wait until the test releases them, the others run at once.
-    """
-
-    def __init__(self) -> None:
-        self.held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-
-    def __call__(self, function: Any, *args: Any) -> Deferred[Any]:
-        if os.path.basename(args[0]).startswith("slow"):
-            waiting: Deferred[Any] = Deferred()
-            self.held.append((function, args, waiting))
-            return waiting
-        return maybeDeferred(function, *args)
-
-    def release(self) -> None:
-        """
-        Let the held checks run, in the order they were asked for.
-        """
-        held, self.held = self.held, []
-        for function, args, waiting in held:
-            maybeDeferred(function, *args).chainDeferred(waiting)
-
-
-class ImageRootTests(DispatcherTestCase):
-    """
-    With IMAGE_ROOT set, each image is checked on the share before it is
-    shown; the checks run off the reactor's thread and the jobs keep their
-    order.
-    """
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.root = os.path.realpath(self.mktemp())
-        os.makedirs(self.root)
-        for name in ("a.png", "b.png", "slow.png", "alert.png"):
-            with open(os.path.join(self.root, name), "wb") as image:
-                image.write(b"\x89PNG")
-
-    @inlineCallbacks
-    def test_missing_image_set_aside_and_order_kept(self) -> Any:
-        """
-        A job whose image is not on the share is set aside with a reason that
-        names the field and the value; the jobs around it are shown in
-        order.
-        """
-        dispatcher = yield self.start(image_root=self.root)
-        for name in ("a.png", "missing.png", "b.png"):
-            self.client.publish(self.normal, {"image_path": name, "duration": 0})
-        yield self.vss.request_number(2)
-        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
-        yield wait_for(lambda: self.client.count(self.dead) == 1)
-        yield dispatcher.stopService()
-
-        self.assertEqual(self.shown(), [("a.png", False), ("b.png", False)])
-        method, properties, body = self.client.get(self.dead)
-        reason = properties.headers["x-vss-reason"]
-        self.assertIn("field 'image_path' is \"missing.png\"", reason)
-        self.assertIn("not an existing file", reason)
-        self.assertEqual(self.client.count(self.normal), 0)
-
-    @inlineCallbacks
-    def test_slow_check_holds_up_only_its_own_queue(self) -> Any:
-        """
-        While the check of a normal job's image is slow, the normal job
-        behind it waits for it, and a priority job is shown meanwhile; once
-        the check is done, the normal jobs follow in their order.
-        """
-        share = _SlowShare()
-        dispatcher = yield self.start(run_in_thread=share, image_root=self.root)
-        self.client.publish(self.normal, {"image_path": "slow.png", "duration": 0})
-        self.client.publish(self.normal, {"image_path": "a.png", "duration": 0})
-        yield wait_for(lambda: len(share.held) == 1)
-        self.client.publish(self.priority, {"image_path": "alert.png", "duration": 0})
-        first = yield self.vss.request_number(1)
-        self.assertEqual(first.image_path, "alert.png")
-
-        share.release()
-        yield self.vss.request_number(3)
-        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
-        yield dispatcher.stopService()
-
-        self.assertEqual(
-            self.shown(),
-            [("alert.png", True), ("slow.png", False), ("a.png", False)],
-        )
-        self.assertEqual(self.client.count(self.normal), 0)
-
-    @inlineCallbacks
-    def test_checks_in_worker_threads(self) -> Any:
-        """
-        By default the image checks run in the reactor's worker threads,
-        not on the reactor's own thread.
-        """
-        import threading
-
-        from vss_dispatcher import message
-
-        threads: list[str] = []
-        check = message.check_image
-
-        def recording(image_path: str, image_root: str) -> str:
-            threads.append(threading.current_thread().name)
-            return check(image_path, image_root)
-
-        self.patch(amqp, "check_image", recording)
-        dispatcher = yield self.start(image_root=self.root)
-        self.client.publish(self.normal, {"image_path": "a.png", "duration": 0})
-        yield self.vss.request_number(1)
-        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
-
-        self.assertEqual(len(threads), 1)
-        self.assertNotEqual(threads[0], threading.current_thread().name)
 
 
 class OutageTests(DispatcherTestCase):

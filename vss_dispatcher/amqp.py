@@ -14,9 +14,8 @@ and the broker delivers every unacknowledged job once more.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pika
@@ -33,10 +32,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .config import Settings
-from .message import InvalidMessage, Job, check_image, parse_job
+from .message import InvalidMessage, parse_job
 from .reconnect import ReconnectingClient, backoff, client_endpoint
 from .scheduler import Delivery
-from .threads import RunInThread, thread_runner
 
 __all__ = ["Broker", "BrokerObserver", "MessageSource"]
 
@@ -116,22 +114,6 @@ class _Connection(TwistedProtocolConnection):  # type: ignore[misc]
         self._owner._connection_lost(self, reason)
 
 
-class _InLine:
-    """
-    A message waiting for its turn to be handled.
-
-    @ivar ready: Whether it can be handled once those before it were.
-    @ivar result: What its check gave, passed to C{handle}.
-    """
-
-    __slots__ = ("handle", "ready", "result")
-
-    def __init__(self, handle: Callable[[Any], object]) -> None:
-        self.handle = handle
-        self.ready = False
-        self.result: object = None
-
-
 class Broker(Service):
     """
     Keeps a connection to RabbitMQ and turns its messages into deliveries.
@@ -151,28 +133,19 @@ class Broker(Service):
         deliver: Callable[[Delivery], None],
         lost: Callable[[], None],
         clock: Any,
-        run_in_thread: RunInThread | None = None,
     ) -> None:
         """
         @param settings: Where the broker is, and the queue names.
-        @param deliver: Receives each well-formed job, in the order each
-            queue delivered them.
+        @param deliver: Receives each well-formed job.
         @param lost: Called when the connection is gone, so that every
             unsettled delivery can be forgotten; the broker delivers them
             again on the next connection.
         @param clock: The reactor.
-        @param run_in_thread: Runs a blocking function in a worker thread
-            and gives a L{Deferred} of its result; it checks image files
-            inside IMAGE_ROOT.  By default, C{clock}'s thread pool.
         """
         self.settings = settings
         self.clock = clock
         self._deliver = deliver
         self._lost = lost
-        self._run_in_thread = run_in_thread or thread_runner(clock)
-        # Per queue, the messages taken from it and not handled yet: image
-        # checks run side by side, but their jobs go on in order.
-        self._waiting: dict[str, deque[_InLine]] = {}
         self._queues = {
             settings.rabbitmq_normal_queue: False,
             settings.rabbitmq_priority_queue: True,
@@ -338,87 +311,13 @@ class Broker(Service):
         settings = self.settings
         try:
             job = parse_job(
-                message.body, settings.default_duration, settings.max_duration
+                message.body,
+                settings.default_duration,
+                settings.max_duration,
+                settings.image_root,
             )
         except InvalidMessage as invalid:
-            reason = invalid.reason
-            self._in_turn(
-                queue,
-                lambda _: self.dead_letter(source, queue, reason, "invalid_message"),
-            )
-            return
-        received = self.clock.seconds()
-        if not settings.image_root:
-            self._in_turn(
-                queue, lambda _: self._accept(source, job, queue, priority, received)
-            )
-            return
-
-        # The image lies on a share that may be slow or hang: it is checked
-        # in a worker thread, never on the reactor's.
-        checking = self._run_in_thread(check_image, job.image_path, settings.image_root)
-
-        def checked(result: str | Failure) -> None:
-            if isinstance(result, Failure):
-                self._image_refused(result, source, queue)
-            else:
-                resolved = replace(job, resolved_path=result)
-                self._accept(source, resolved, queue, priority, received)
-
-        self._in_turn(queue, checked, checking)
-
-    def _in_turn(
-        self,
-        queue: str,
-        handle: Callable[[Any], object],
-        waiting_for: Deferred[Any] | None = None,
-    ) -> None:
-        """
-        Call C{handle} once every message taken from C{queue} before this one
-        was handled: at once when none is waiting, else after them.
-
-        @param waiting_for: When given, C{handle} is called only once this
-            has fired too, with its result or failure; otherwise with
-            C{None}.
-        """
-        line = self._waiting.setdefault(queue, deque())
-        entry = _InLine(handle)
-        line.append(entry)
-        if waiting_for is None:
-            entry.ready = True
-            self._handle_ready(line)
-            return
-
-        def arrived(result: object) -> None:
-            entry.ready, entry.result = True, result
-            self._handle_ready(line)
-
-        waiting_for.addBoth(arrived)
-
-    def _handle_ready(self, line: deque[_InLine]) -> None:
-        """
-        Handle the messages at the front of C{line} that are ready, in order.
-        """
-        while line and line[0].ready:
-            entry = line.popleft()
-            try:
-                entry.handle(entry.result)
-            except Exception:
-                self.log.failure("Could not handle a message")
-
-    def _accept(
-        self,
-        source: MessageSource,
-        job: Job,
-        queue: str,
-        priority: bool,
-        received: float,
-    ) -> None:
-        """
-        Hand a checked job to the scheduler, unless the channel it came on is
-        gone meanwhile (the broker then delivers it again).
-        """
-        if source.channel is not self._channel:
+            self.dead_letter(source, queue, invalid.reason, "invalid_message")
             return
         if source.redelivered:
             self.log.info(
@@ -432,24 +331,9 @@ class Broker(Service):
                 priority=priority,
                 queue=queue,
                 token=source,
-                received=received,
+                received=self.clock.seconds(),
             )
         )
-
-    def _image_refused(
-        self, failure: Failure, source: MessageSource, queue: str
-    ) -> None:
-        """
-        Set aside a message whose image did not pass the check.
-        """
-        if source.channel is not self._channel:
-            return
-        if failure.check(InvalidMessage):
-            reason = failure.value.reason  # type: ignore[union-attr]
-        else:
-            self.log.failure("Could not check the image of a message", failure)
-            reason = f"could not check the image: {failure.getErrorMessage()}"
-        self.dead_letter(source, queue, reason, "invalid_message")
 
     def _consumer_ended(
         self, failure: Failure, queue: str, connection: _Connection
@@ -494,9 +378,6 @@ class Broker(Service):
     def _forget_connection(self, reason: Failure) -> None:
         self._connection = None
         self._channel = None
-        # Messages still being checked are dropped when their check ends;
-        # the next connection's messages do not wait for them.
-        self._waiting = {}
         self._publisher = None
         self._consumer_tags = []
         self.consuming = False

@@ -21,7 +21,6 @@ from .config import ConfigurationError, Settings, load_settings
 from .http import make_http_client
 from .logs import bridge_pika_logging, install_on_application, make_observer
 from .scheduler import Delivery, Interrupted, Scheduler
-from .threads import RunInThread
 from .vss import DisplayAPI, DisplayBackend, RetryingDisplay
 
 __all__ = ["DispatcherService", "freeze_start_up", "make_service"]
@@ -53,7 +52,6 @@ class DispatcherService(MultiService):
         backend: DisplayBackend | None = None,
         log_observer: ILogObserver | None = None,
         after_send: AfterSend | None = None,
-        run_in_thread: RunInThread | None = None,
     ) -> None:
         """
         @param settings: The settings.
@@ -64,8 +62,6 @@ class DispatcherService(MultiService):
             service becomes the root of a twistd application.
         @param after_send: Runs the scheduler's observers once the reactor
             has sent what it was given; made for C{clock} when not given.
-        @param run_in_thread: Runs the checks of image files in worker
-            threads; C{clock}'s thread pool when not given.
         """
         super().__init__()
         self.settings = settings
@@ -100,7 +96,6 @@ class DispatcherService(MultiService):
             deliver=self.scheduler.enqueue,
             lost=self.scheduler.forget_unsettled,
             clock=clock,
-            run_in_thread=run_in_thread,
         )
         self.broker.setServiceParent(self)
 

@@ -11,14 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "MAX_BODY_BYTES",
-    "InvalidMessage",
-    "Job",
-    "check_image",
-    "parse_job",
-]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_BODY_BYTES", "InvalidMessage", "Job", "parse_job"]
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -127,11 +120,10 @@ def _real_root(image_root: str) -> str:
     return os.path.realpath(image_root)
 
 
-def check_image(image_path: str, image_root: str) -> str:
+def _check_image(image_path: str, image_root: str) -> str:
     """
     Resolve C{image_path} inside C{image_root} and check that it is an image
-    file there.  This looks at the file system, which for a network share
-    can take long.
+    file there.
 
     @return: The real path of the file.
     @raise InvalidMessage: When it is outside, missing, or not an image.
@@ -254,5 +246,5 @@ def parse_job(
         )
 
     duration = _check_duration(document, default_duration, max_duration)
-    resolved = check_image(image_path, image_root) if image_root else None
+    resolved = _check_image(image_path, image_root) if image_root else None
     return Job(image_path, duration, message_id, resolved)
