@@ -284,6 +284,43 @@ class DeadLetterTests(DispatcherTestCase):
         self.assertEqual(self.client.count(self.normal), 0)
 
 
+class ImageRootTests(DispatcherTestCase):
+    """
+    With IMAGE_ROOT set, each image is checked on the share before it is
+    shown.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.root = os.path.realpath(self.mktemp())
+        os.makedirs(self.root)
+        for name in ("a.png", "b.png"):
+            with open(os.path.join(self.root, name), "wb") as image:
+                image.write(b"\x89PNG")
+
+    @inlineCallbacks
+    def test_missing_image_set_aside_and_order_kept(self) -> Any:
+        """
+        A job whose image is not on the share is set aside with a reason that
+        names the field and the value; the jobs around it are shown in
+        order.
+        """
+        dispatcher = yield self.start(image_root=self.root)
+        for name in ("a.png", "missing.png", "b.png"):
+            self.client.publish(self.normal, {"image_path": name, "duration": 0})
+        yield self.vss.request_number(2)
+        yield wait_for(lambda: dispatcher.scheduler.state == "idle")
+        yield wait_for(lambda: self.client.count(self.dead) == 1)
+        yield dispatcher.stopService()
+
+        self.assertEqual(self.shown(), [("a.png", False), ("b.png", False)])
+        method, properties, body = self.client.get(self.dead)
+        reason = properties.headers["x-vss-reason"]
+        self.assertIn('field \'image_path\' is "missing.png"', reason)
+        self.assertIn("not an existing file", reason)
+        self.assertEqual(self.client.count(self.normal), 0)
+
+
 class OutageTests(DispatcherTestCase):
     """
     Broker and VSS outages lose nothing.

@@ -42,6 +42,7 @@ from .status import (
     status_document,
     status_line,
 )
+from .threads import RunInThread, thread_runner
 
 __all__ = [
     "STATUS_SERVER",
@@ -222,9 +223,7 @@ class _Images(Resource):
     IMAGE_ROOT.
     """
 
-    def __init__(
-        self, dispatcher: Dispatcher, run_in_thread: Callable[..., Deferred[Any]]
-    ) -> None:
+    def __init__(self, dispatcher: Dispatcher, run_in_thread: RunInThread) -> None:
         super().__init__()
         self._dispatcher = dispatcher
         self._run_in_thread = run_in_thread
@@ -252,9 +251,7 @@ class _CurrentImage(Resource):
 
     isLeaf = True
 
-    def __init__(
-        self, root: str, job: Job, run_in_thread: Callable[..., Deferred[Any]]
-    ) -> None:
+    def __init__(self, root: str, job: Job, run_in_thread: RunInThread) -> None:
         super().__init__()
         self._root = root
         self._job = job
@@ -331,7 +328,7 @@ def build_site(
     metrics: Metrics,
     timeline: Timeline,
     counts: QueueCounts,
-    run_in_thread: Callable[..., Deferred[Any]] | None = None,
+    run_in_thread: RunInThread | None = None,
 ) -> Site:
     """
     The web site of the status server.
@@ -341,7 +338,9 @@ def build_site(
         thread pool.
     """
     if run_in_thread is None:
-        run_in_thread = _in_reactor_thread_pool
+        from twisted.internet import reactor
+
+        run_in_thread = thread_runner(reactor)
     root = Resource()
     root.putChild(b"", _Page())
     root.putChild(b"healthz", _Health(dispatcher))
@@ -351,18 +350,6 @@ def build_site(
     root.putChild(b"image", _Images(dispatcher, run_in_thread))
     root.putChild(b"static", _static_files())
     return _QuietSite(root, reactor=dispatcher.clock)
-
-
-def _in_reactor_thread_pool(function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-    """
-    Run C{function} in the global reactor's thread pool.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.threads import deferToThreadPool
-
-    # Asked each time: the reactor makes a new pool if the old one was stopped.
-    pool = reactor.getThreadPool()  # type: ignore[attr-defined]
-    return deferToThreadPool(reactor, pool, function, *args)  # type: ignore[arg-type]
 
 
 class _QuietSite(Site):

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
@@ -41,6 +40,7 @@ from .http import REQUEST_OPTIONS
 from .imaging import Geometry, ImageConverter, ImageUnavailable, UnreadableImage
 from .message import Job
 from .scheduler import JobRejected
+from .threads import thread_runner
 from .vss import (
     ConfigurationFault,
     TransientFailure,
@@ -252,10 +252,7 @@ def make_visionect_backend(
     @param reactor: Provides the worker threads that convert images.
     """
 
-    def run_in_thread(function: Any, *args: Any) -> Deferred[Any]:
-        # Asked each time: the reactor makes a new pool if the old one was
-        # stopped.
-        return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+    run_in_thread = thread_runner(reactor)
 
     geometry = Geometry(
         settings.display_width, settings.display_height, settings.display_rotate
