@@ -316,7 +316,7 @@ class ImageRootTests(DispatcherTestCase):
         self.assertEqual(self.shown(), [("a.png", False), ("b.png", False)])
         method, properties, body = self.client.get(self.dead)
         reason = properties.headers["x-vss-reason"]
-        self.assertIn('field \'image_path\' is "missing.png"', reason)
+        self.assertIn("field 'image_path' is \"missing.png\"", reason)
         self.assertIn("not an existing file", reason)
         self.assertEqual(self.client.count(self.normal), 0)
 
