@@ -59,6 +59,14 @@ Answer = tuple[int, bytes] | None
 
 JOB = Job("lobby/welcome.png", 12.5, "welcome-1")
 
+# The JSON body that shows JOB as a priority job.
+JOB_SENT_AS_PRIORITY = {
+    "image_path": "lobby/welcome.png",
+    "duration": 12.5,
+    "message_id": "welcome-1",
+    "priority": True,
+}
+
 
 class ScriptedVSS(Resource):
     """
@@ -257,15 +265,7 @@ class DisplayAPITests(VSSTestCase):
         self.assertEqual(
             (method, path, content_type), (b"POST", b"/display", b"application/json")
         )
-        self.assertEqual(
-            json.loads(body),
-            {
-                "image_path": "lobby/welcome.png",
-                "duration": 12.5,
-                "message_id": "welcome-1",
-                "priority": True,
-            },
-        )
+        self.assertEqual(json.loads(body), JOB_SENT_AS_PRIORITY)
 
     def test_posts_under_base_path(self) -> None:
         """
@@ -498,15 +498,7 @@ class RealSocketTests(TestCase):
         [(path, length, body)] = vss.seen
         self.assertEqual(path, b"/vss/display")
         self.assertEqual(length, [str(len(body)).encode()])
-        self.assertEqual(
-            json.loads(body),
-            {
-                "image_path": "lobby/welcome.png",
-                "duration": 12.5,
-                "message_id": "welcome-1",
-                "priority": True,
-            },
-        )
+        self.assertEqual(json.loads(body), JOB_SENT_AS_PRIORITY)
 
 
 class BodyEchoVSS(Resource):
